@@ -1,0 +1,24 @@
+"""Backbones of the paper as Keras 3 models returning dicts of endpoints.
+
+    model = selfsup.models.get("resnet50_v2", width=8, num_classes=1000)
+    endpoints = model(images)   # after_root, block1..4, pre_logits, logits
+
+`selfsup.models.list()` names them all.
+"""
+from selfsup.models.base import ENDPOINTS, Backbone
+from selfsup.models.registry import get, list, register  # pylint: disable=redefined-builtin
+from selfsup.models.resnet import ResNet
+from selfsup.models.revnet import ChannelPad, RevNet, RevUnit
+from selfsup.models.vgg import VGG
+
+register("resnet50_v1", ResNet, depth=50, version="v1")
+register("resnet50_v2", ResNet, depth=50, version="v2", last_relu=True)
+register("resnet50_v2_minus", ResNet, depth=50, version="v2", last_relu=False)
+register("revnet50", RevNet, last_relu=True)
+register("revnet50_minus", RevNet, last_relu=False)
+register("vgg19_bn", VGG)
+register("resnet18_v1", ResNet, depth=18, version="v1")
+register("resnet18_v2", ResNet, depth=18, version="v2")
+
+__all__ = ["ENDPOINTS", "Backbone", "ChannelPad", "ResNet", "RevNet",
+           "RevUnit", "VGG", "get", "list", "register"]

@@ -1,0 +1,194 @@
+"""Shared pieces of every backbone: argument checks, layers, the head, config.
+
+A backbone is a functional `keras.Model` (built in `__init__`, keras-hub style)
+mapping images to a dict of named endpoints. Subclasses build the trunk; this
+module adds pooling, the optional representation layer of section 4.6 and the
+optional logits layer, and implements `get_config`/`from_config` from the
+constructor arguments.
+"""
+import numbers
+
+import keras
+
+ENDPOINTS = ("after_root", "block1", "block2", "block3", "block4",
+             "pre_logits", "logits")
+
+
+def l2(weight_decay):
+  """Kernel regulariser matching the paper's weight decay.
+
+  The authors used `tf.contrib.layers.l2_regularizer(scale)`, which adds
+  scale * sum(w**2) / 2, so that the gradient is scale * w. Keras' L2(f) adds
+  f * sum(w**2): f = scale / 2 keeps the same decay.
+  """
+  if not weight_decay:
+    return None
+  return keras.regularizers.L2(weight_decay / 2.0)
+
+
+def check_width(width, *, multiple_of=1):
+  """Widths are scaled so that 16 * width channels is a positive integer."""
+  ok = (isinstance(width, numbers.Real) and not isinstance(width, bool)
+        and width > 0)
+  if ok:
+    root = 16 * width
+    ok = abs(root - round(root)) < 1e-9 and round(root) % multiple_of == 0
+  if not ok:
+    raise ValueError(
+        f"width={width!r} is not a valid widening factor: expected a positive "
+        f"number k such that 16*k is an integer multiple of {multiple_of} "
+        f"(the paper uses k in (4, 8, 12, 16); tests use e.g. 0.25 or 1).")
+  return int(round(16 * width))
+
+
+def check_input_shape(input_shape, *, min_size, need_static=False):
+  """Checks an (H, W, C) input shape and returns it as a tuple."""
+  expected = ("(height, width, channels) with height/width None or >= "
+              f"{min_size}{' (both known)' if need_static else ''} and "
+              "channels a positive integer, e.g. (224, 224, 3) or (None, None, 3)")
+  try:
+    shape = tuple(input_shape)
+  except TypeError:
+    shape = None
+  if shape is None or len(shape) != 3:
+    raise ValueError(f"input_shape={input_shape!r} is not valid: expected "
+                     f"{expected}.")
+  h, w, c = shape
+  for dim in (h, w):
+    if dim is None and not need_static:
+      continue
+    if not isinstance(dim, numbers.Integral) or dim < min_size:
+      raise ValueError(f"input_shape={input_shape!r} is not valid: expected "
+                       f"{expected}.")
+  if not isinstance(c, numbers.Integral) or c < 1:
+    raise ValueError(f"input_shape={input_shape!r} is not valid: expected "
+                     f"{expected}.")
+  return shape
+
+
+def check_optional_positive_int(name, value):
+  if value is None:
+    return None
+  if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+      or value < 1):
+    raise ValueError(f"{name}={value!r} is not valid: expected None or a "
+                     "positive integer.")
+  return int(value)
+
+
+def check_choice(name, value, choices):
+  if value not in choices:
+    raise ValueError(f"{name}={value!r} is not valid: expected one of "
+                     f"{tuple(choices)}.")
+  return value
+
+
+class Layers:
+  """Makes the trunk's layers with one weight decay and one batch-norm kind.
+
+  Args:
+    weight_decay: L2 decay on every kernel (see `l2`).
+    sync_batch_norm: synchronise batch statistics across replicas, so that the
+      moving statistics agree on every replica after training.
+  """
+
+  def __init__(self, weight_decay, sync_batch_norm=False):
+    self.weight_decay = weight_decay
+    self.sync_batch_norm = sync_batch_norm
+
+  def conv(self, x, filters, kernel_size, *, name, strides=1, use_bias=False):
+    """Convolution with the authors' fixed padding for strided layers.
+
+    Keras' 'same' padding puts the extra pixel at the end for even inputs; the
+    reference ResNet pads (k-1)//2 before and the rest after, then uses
+    'valid'. For stride 1 the two are identical.
+    """
+    if strides > 1 and kernel_size > 1:
+      total = kernel_size - 1
+      begin = total // 2
+      pad = ((begin, total - begin), (begin, total - begin))
+      x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+      padding = "valid"
+    else:
+      padding = "same"
+    return keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, padding=padding,
+        use_bias=use_bias, kernel_initializer="he_normal",
+        kernel_regularizer=l2(self.weight_decay), name=name)(x)
+
+  def bn(self, x, name):
+    return keras.layers.BatchNormalization(
+        synchronized=self.sync_batch_norm, name=name)(x)
+
+  def bn_relu(self, x, name):
+    return keras.layers.ReLU(name=f"{name}_relu")(self.bn(x, name))
+
+
+def max_pool(x, *, pool_size, strides, name):
+  """Max-pooling with the same fixed zero padding as `conv` (as the authors)."""
+  total = pool_size - 1
+  if total:
+    begin = total // 2
+    pad = ((begin, total - begin), (begin, total - begin))
+    x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+  return keras.layers.MaxPooling2D(pool_size, strides=strides, padding="valid",
+                                   name=name)(x)
+
+
+def add_head(endpoints, features, *, representation_size, num_classes,
+             weight_decay, pool=True):
+  """Pools `features`, then the optional representation and logits layers.
+
+  Args:
+    endpoints: dict to add `pre_logits` (and `logits`) to.
+    features: the last feature map [B, H, W, C] (or already pooled [B, C]).
+    representation_size: if set, a linear layer (section 4.6) maps the pooled
+      features to this size, decoupling representation size from width.
+    num_classes: if set, a `logits` layer with bias.
+    weight_decay: L2 decay for the new kernels.
+    pool: whether `features` still needs global average pooling.
+  """
+  x = features
+  if pool:
+    x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
+  if representation_size:
+    x = keras.layers.Dense(
+        representation_size, kernel_regularizer=l2(weight_decay),
+        name="representation")(x)
+  endpoints["pre_logits"] = x
+  if num_classes:
+    # Logits in float32 even under a bfloat16 policy: the losses need it.
+    endpoints["logits"] = keras.layers.Dense(
+        num_classes, kernel_regularizer=l2(weight_decay), dtype="float32",
+        name="logits")(x)
+  return endpoints
+
+
+class Backbone(keras.Model):
+  """Base class: a functional model whose output is a dict of endpoints.
+
+  Subclasses call `self._init_functional(inputs, endpoints, config, name)` at
+  the end of their constructor, with `config` holding every constructor
+  argument so that `get_config`/`from_config` round-trip.
+  """
+
+  def _init_functional(self, inputs, endpoints, config, name, **kwargs):
+    ordered = {k: endpoints[k] for k in ENDPOINTS if k in endpoints}
+    super().__init__(inputs=inputs, outputs=ordered, name=name, **kwargs)
+    self._selfsup_config = dict(config)
+
+  @property
+  def endpoint_names(self):
+    return tuple(self.output.keys())
+
+  def get_config(self):
+    return {"name": self.name, "trainable": self.trainable,
+            **self._selfsup_config}
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    trainable = config.pop("trainable", True)
+    model = cls(**config)
+    model.trainable = trainable
+    return model

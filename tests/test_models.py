@@ -1,0 +1,269 @@
+"""Backbones: endpoints, parameter counts, RevNet inverse, gradients, saving."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import selfsup
+from tests import backbone_checks as checks
+
+ALL = ("resnet18_v1", "resnet18_v2", "resnet50_v1", "resnet50_v2",
+       "resnet50_v2_minus", "revnet50", "revnet50_minus", "vgg19_bn")
+TINY = 0.25  # 4 root channels: every check runs in a second or two.
+
+
+def _images(n, size, seed=0):
+  return np.random.default_rng(seed).normal(size=(n, size, size, 3)).astype(
+      np.float32)
+
+
+def expected_shapes(name, width, size, patch):
+  """Endpoint shapes from the paper's definitions (section 3.1)."""
+  r = int(16 * width)
+  if name.startswith("vgg"):
+    c = r // 2
+    s = size
+    return {"after_root": (s // 2, s // 2, c), "block1": (s // 2, s // 2, 2 * c),
+            "block2": (s // 4, s // 4, 4 * c), "block3": (s // 8, s // 8, 8 * c),
+            "block4": (s // 16, s // 16, 8 * c), "pre_logits": (64 * c,)}
+  s = size // 2 if patch else size // 4          # root conv and max-pool
+  strides = (2, 2, 1) if patch else (2, 2, 2)
+  expansion = 1 if name.startswith("resnet18") else 4
+  root_channels = 4 * r if name.startswith("revnet") else r
+  shapes = {"after_root": (s, s, root_channels)}
+  channels = expansion * r
+  for b in range(1, 5):
+    if b > 1:
+      s = -(-s // strides[b - 2])
+      channels *= 2
+    shapes[f"block{b}"] = (s, s, channels)
+  shapes["pre_logits"] = (channels,)
+  return shapes
+
+
+def test_list_names_every_architecture():
+  assert set(selfsup.models.list()) == set(ALL)
+
+
+@pytest.mark.parametrize("patch", [False, True], ids=["standard", "patch"])
+@pytest.mark.parametrize("name", ALL)
+def test_endpoint_shapes(name, patch):
+  size = 32 if patch else 64
+  model = selfsup.models.get(name, width=TINY, patch=patch, num_classes=7,
+                             input_shape=(size, size, 3))
+  out = model(_images(2, size), training=False)
+  want = expected_shapes(name, TINY, size, patch)
+  want["logits"] = (7,)
+  assert list(out) == ["after_root", "block1", "block2", "block3", "block4",
+                       "pre_logits", "logits"]
+  assert {k: tuple(v.shape[1:]) for k, v in out.items()} == want
+
+
+def test_no_head_and_representation_size():
+  model = selfsup.models.get("revnet50", width=TINY, representation_size=24)
+  out = model(_images(2, 64), training=False)
+  assert "logits" not in out
+  assert out["pre_logits"].shape == (2, 24)
+
+
+def test_patch_variant_keeps_more_resolution():
+  std = selfsup.models.get("resnet50_v2", width=TINY)(_images(1, 64))
+  patch = selfsup.models.get("resnet50_v2", width=TINY, patch=True)(
+      _images(1, 64))
+  assert std["block4"].shape[1] == 2 and patch["block4"].shape[1] == 8
+
+
+def _analytic_params(name, width, size, num_classes):
+  """Trainable parameters derived from the definitions, layer by layer."""
+  r = int(16 * width)
+  bn = lambda c: 2 * c  # noqa: E731  scale and offset
+  if name.startswith("vgg"):
+    c, total, c_in = r // 2, 0, 3
+    for convs, mult in zip((2, 2, 4, 4, 4), (1, 2, 4, 8, 8)):
+      for _ in range(convs):
+        total += 9 * c_in * c * mult + bn(c * mult)
+        c_in = c * mult
+    fc, s = 64 * c, size // 32  # 512k channels
+    total += s * s * c_in * fc + bn(fc) + fc * fc + bn(fc)
+    return total + fc * num_classes + num_classes
+  if name.startswith("revnet"):
+    total, channels = 49 * 3 * 4 * r, 4 * r  # root: no BN
+    for units in (3, 4, 6, 3):
+      h, i = channels // 2, channels // 8
+      total += units * (bn(h) + h * i + bn(i) + 9 * i * i + bn(i) + i * h)
+      channels *= 2
+    channels //= 2
+    return total + bn(channels) + channels * num_classes + num_classes
+  v1 = name.endswith("v1")
+  deep = name.startswith("resnet50")
+  total = 49 * 3 * r + (bn(r) if v1 else 0)
+  c_in, f = r, (4 if deep else 1) * r
+  for units in ((3, 4, 6, 3) if deep else (2, 2, 2, 2)):
+    for u in range(units):
+      if deep:
+        convs = [(c_in, f // 4, 1), (f // 4, f // 4, 3), (f // 4, f, 1)]
+      else:
+        convs = [(c_in, f, 3), (f, f, 3)]
+      for a, b, k in convs:
+        total += k * k * a * b
+      if v1:
+        total += sum(bn(b) for _, b, _ in convs)
+      else:  # pre-activation BNs read each conv's input
+        total += sum(bn(a) for a, _, _ in convs)
+      if u == 0 and (c_in != f or f != (4 if deep else 1) * r):
+        total += c_in * f + (bn(f) if v1 else 0)  # projection shortcut
+      c_in = f
+    f *= 2
+  if not v1:
+    total += bn(c_in)
+  return total + c_in * num_classes + num_classes
+
+
+@pytest.mark.parametrize("width", [0.5, 1])
+@pytest.mark.parametrize("name", ALL)
+def test_param_count_matches_definition(name, width):
+  model = selfsup.models.get(name, width=width, num_classes=10,
+                             input_shape=(64, 64, 3))
+  assert checks.count_trainable(model) == _analytic_params(name, width, 64, 10)
+
+
+# Pinned at the paper's default width with a 1000-way head at 224x224. The
+# first is the trusted anchor: exactly torchvision/Keras ResNet-50's count.
+PINNED_K4 = {
+    "resnet50_v1": 25_557_032,
+    "resnet50_v2": 25_549_352,
+    "resnet50_v2_minus": 25_549_352,
+    "revnet50": 7_457_640,
+    "revnet50_minus": 7_457_640,
+    "vgg19_bn": 36_952_264,
+    "resnet18_v1": 11_689_512,  # also torchvision's resnet18
+    "resnet18_v2": 11_687_720,
+}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_param_count_pinned_k4(name):
+  model = selfsup.models.get(name, width=4, num_classes=1000,
+                             input_shape=(224, 224, 3))
+  assert checks.count_trainable(model) == PINNED_K4[name]
+  assert checks.count_trainable(model) == _analytic_params(name, 4, 224, 1000)
+
+
+PINNED_PATH = os.path.join(os.path.dirname(__file__), "data",
+                           "param_counts.json")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [8, 12, 16])
+@pytest.mark.parametrize("name", ALL)
+def test_param_count_pinned_wide(name, width):
+  with open(PINNED_PATH) as f:
+    pinned = json.load(f)
+  model = selfsup.models.get(name, width=width, num_classes=1000,
+                             input_shape=(224, 224, 3))
+  assert checks.count_trainable(model) == pinned[f"{name} k={width}"]
+
+
+def test_vgg_k8_is_vgg19():
+  # k = 8 is the original VGG19 (143,667,240 parameters with biases). With
+  # batch norm every bias becomes a scale and an offset: one extra parameter
+  # per channel of the 16 convolutions (5,504) and of fc6/fc7 (2 x 4,096).
+  model = selfsup.models.get("vgg19_bn", width=8, num_classes=1000,
+                             input_shape=(224, 224, 3))
+  assert model.get_layer("conv1_1").filters == 64
+  assert model.get_layer("fc7").filters == 4096
+  assert checks.count_trainable(model) == 143_667_240 + 5_504 + 2 * 4_096
+
+
+@pytest.mark.parametrize("name", ["revnet50", "revnet50_minus"])
+def test_revnet_inverse_reconstructs_input(name):
+  model = selfsup.models.get(name, width=TINY, input_shape=(32, 32, 3))
+  rng = np.random.default_rng(1)
+  # Non-trivial batch-norm statistics so that F is far from the identity.
+  for b in range(1, 5):
+    for unit in model.block_units(b):
+      for norm in (unit.bn1, unit.bn2, unit.bn3):
+        for var in norm.variables:
+          var.assign(rng.uniform(0.5, 1.5, var.shape).astype(np.float32))
+  out = model(_images(2, 32), training=False)
+  block_input = out["after_root"]
+  for b in range(1, 5):
+    units = model.block_units(b)
+    if b > 1:  # the block's input: pooled, channel-padded previous output
+      pooled = model.get_layer(f"transition{b}_pool")(out[f"block{b - 1}"])
+      block_input = model.get_layer(f"transition{b}_pad")(pooled)
+    forward = block_input
+    for unit in units:
+      forward = unit(forward, training=False)
+    np.testing.assert_allclose(forward.numpy(), out[f"block{b}"].numpy(),
+                               atol=1e-5)
+    restored = model.inverse_block(b, out[f"block{b}"])
+    err = np.max(np.abs(restored.numpy() - block_input.numpy()))
+    assert err < 1e-4, (b, err)
+    assert np.max(np.abs(out[f"block{b}"].numpy() - block_input.numpy())) > 1e-2
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradients_and_no_nan(name):
+  model = selfsup.models.get(name, width=TINY, num_classes=5,
+                             representation_size=16, input_shape=(32, 32, 3))
+  checks.check_gradients(model, _images(4, 32))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_config_save_load_predict(name, tmp_path):
+  model = selfsup.models.get(name, width=TINY, num_classes=3,
+                             input_shape=(32, 32, 3))
+  images = _images(3, 32)
+  checks.check_config_round_trip(model)
+  checks.check_predict_on_dataset(model, images)
+  checks.check_save_load(model, images, str(tmp_path / f"{name}.keras"))
+
+
+def test_no_skip_connections_switch():
+  plain = selfsup.models.get("resnet18_v2", width=TINY, skip_connections=False)
+  skip = selfsup.models.get("resnet18_v2", width=TINY)
+  assert not any("add" in l.name for l in plain.layers)
+  assert any("add" in l.name for l in skip.layers)
+  # Without shortcuts there is nothing to project.
+  assert checks.count_trainable(plain) < checks.count_trainable(skip)
+
+
+@pytest.mark.parametrize("kwargs, quoted", [
+    (dict(name="resnet51"), "resnet51"),
+    (dict(name="resnet50_v2", width=0), "width=0"),
+    (dict(name="resnet50_v2", width=-4), "width=-4"),
+    (dict(name="resnet50_v2", width="4"), "width='4'"),
+    (dict(name="revnet50", width=1 / 16), "width=0.0625"),
+    (dict(name="resnet50_v2", input_shape=(224, 224)), "(224, 224)"),
+    (dict(name="resnet50_v2", input_shape=(3, 224, 224)), "(3, 224, 224)"),
+    (dict(name="vgg19_bn", input_shape=(None, None, 3)), "(None, None, 3)"),
+    (dict(name="resnet50_v1", version="v2"), "version"),
+    (dict(name="resnet50_v1", dropout=0.5), "dropout"),
+    (dict(name="resnet50_v2", num_classes=0), "num_classes=0"),
+])
+def test_bad_arguments_are_quoted(kwargs, quoted):
+  with pytest.raises(ValueError) as err:
+    selfsup.models.get(**kwargs)
+  assert quoted in str(err.value)
+  if kwargs["name"] == "resnet51":
+    assert "resnet50_v2" in str(err.value)  # the choices
+
+
+def test_v1_refuses_minus_variant():
+  with pytest.raises(ValueError, match="last_relu"):
+    selfsup.models.ResNet(version="v1", last_relu=False, width=TINY)
+
+
+def test_weight_decay_is_collected():
+  model = selfsup.models.get("resnet18_v1", width=TINY, num_classes=3,
+                             weight_decay=1e-4)
+  model(_images(1, 32))
+  kernels = [v for v in model.trainable_variables if v.path.endswith("kernel")]
+  expected = sum(0.5e-4 * float(tf.reduce_sum(tf.square(v))) for v in kernels)
+  assert float(tf.add_n(model.losses)) == pytest.approx(expected, rel=1e-4)
+  none = selfsup.models.get("resnet18_v1", width=TINY, weight_decay=0.0)
+  none(_images(1, 32))
+  assert not none.losses
