@@ -1,0 +1,135 @@
+"""A pretext task: preprocessing specs, a backbone (+ head) and a loss.
+
+A task knows nothing of strategies or optimizers: `step(batch, training)`
+runs on one replica's batch and returns the replica's mean loss and metrics;
+the trainer scales, all-reduces and applies them.
+"""
+import keras
+import tensorflow as tf
+
+import selfsup.models
+from selfsup.preprocess import specs as specs_lib
+
+
+class Task:
+  """Base class. Subclasses set `name` and implement `_build` and `step`.
+
+  Args:
+    backbone: a name of `selfsup.models.list()`.
+    width: widening factor k.
+    image_size: side of the images the backbone sees (for patch tasks, the
+      side of a patch).
+    weight_decay: L2 decay of the backbone and head kernels.
+    backbone_kwargs: more arguments for the backbone (e.g.
+      representation_size, skip_connections).
+    spec_kwargs: arguments for `selfsup.preprocess.specs.task_specs`; by
+      default the paper's sizes for `image_size`.
+  """
+
+  name = None
+  patch_based = False
+
+  def __init__(self, backbone="resnet50_v2", width=4, image_size=224,
+               weight_decay=1e-4, backbone_kwargs=None, spec_kwargs=None):
+    if backbone not in selfsup.models.list():
+      raise ValueError(f"Unknown backbone {backbone!r} for task {self.name!r}: "
+                       f"expected one of {selfsup.models.list()}.")
+    self.backbone_name = backbone
+    self.width = width
+    self.image_size = int(image_size)
+    self.weight_decay = weight_decay
+    self.backbone_kwargs = dict(backbone_kwargs or {})
+    self.specs = specs_lib.task_specs(self.name, **self._spec_kwargs(
+        dict(spec_kwargs or {})))
+    specs_lib.check(self.specs)
+    self.backbone = None
+    self.head = None
+
+  def _spec_kwargs(self, kwargs):
+    kwargs.setdefault("size", self.image_size)
+    return kwargs
+
+  def _backbone(self, num_classes, sync_batch_norm, patch=False):
+    size = self.image_size
+    static = self.backbone_name.startswith("vgg")
+    kwargs = dict(width=self.width, num_classes=num_classes,
+                  weight_decay=self.weight_decay, patch=patch,
+                  sync_batch_norm=sync_batch_norm,
+                  input_shape=(size, size, 3) if static else (None, None, 3))
+    kwargs.update(self.backbone_kwargs)
+    return selfsup.models.get(self.backbone_name, **kwargs)
+
+  def build(self, sync_batch_norm=False):
+    """Creates the backbone (and head). Call inside the strategy scope."""
+    self._build(sync_batch_norm)
+    dummy = self.dummy_batch(2)
+    self.step(dummy, training=False)  # creates every variable
+    return self
+
+  def _build(self, sync_batch_norm):
+    raise NotImplementedError  # each task defines its model
+
+  @property
+  def modules(self):
+    """The Keras objects holding the task's variables, by name."""
+    mods = {"backbone": self.backbone}
+    if self.head is not None:
+      mods["head"] = self.head
+    return mods
+
+  @property
+  def trainable_variables(self):
+    return [v for m in self.modules.values() for v in m.trainable_variables]
+
+  @property
+  def regularization_losses(self):
+    return [l for m in self.modules.values() for l in m.losses]
+
+  def step(self, batch, training):
+    """Returns (mean loss over this replica's examples, {metric: mean})."""
+    raise NotImplementedError  # each task defines its loss
+
+  def dummy_batch(self, batch_size):
+    """A batch of zeros shaped like the training pipeline's output."""
+    raise NotImplementedError  # shapes depend on the task
+
+  def images_per_batch(self, batch):
+    """Source images in `batch` (for images/s)."""
+    return tf.shape(batch["image"])[0]
+
+
+def flatten_copies(images, labels=None, keep=3):
+  """[B, copies, ...] -> [B * copies, ...] keeping the last `keep` dims."""
+  shape = tf.shape(images)
+  inner = images.shape[-keep:]
+  flat = tf.reshape(images, tf.concat([[-1], shape[-keep:]], 0))
+  flat.set_shape([None] + list(inner))
+  if labels is None:
+    return flat
+  return flat, tf.reshape(labels, [-1])
+
+
+def classification(labels, logits):
+  """Mean cross-entropy (float32) and top-1 accuracy."""
+  labels = tf.cast(labels, tf.int32)
+  logits = tf.cast(logits, tf.float32)
+  loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=labels, logits=logits))
+  correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                             labels), tf.float32)
+  return loss, {"accuracy": tf.reduce_mean(correct)}
+
+
+def mlp_head(num_classes, weight_decay, name, hidden=4096, dropout=0.5,
+             sync_batch_norm=False):
+  """The patch tasks' head: FC 4096, batch norm, ReLU, dropout, logits."""
+  reg = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+  return keras.Sequential([
+      keras.layers.Dense(hidden, kernel_regularizer=reg, name="fc1"),
+      keras.layers.BatchNormalization(synchronized=sync_batch_norm,
+                                      name="fc1_bn"),
+      keras.layers.ReLU(name="fc1_relu"),
+      keras.layers.Dropout(dropout, name="dropout"),
+      keras.layers.Dense(num_classes, kernel_regularizer=reg, dtype="float32",
+                         name="logits"),
+  ], name=name)

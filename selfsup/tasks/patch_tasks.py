@@ -1,0 +1,130 @@
+"""Patch tasks: Jigsaw and Relative Patch Location.
+
+Both run the patch variant of the backbone on 64x64 patches (a
+1000-dimensional output per patch), concatenate the outputs of the patches
+in question and classify them with a two-layer head (FC 4096, batch norm,
+ReLU, dropout 0.5, logits).
+
+Two input formats are accepted, told apart by rank:
+* the grid [B, 9, p, p, C] with label [B, K]: the backbone runs once on the
+  9 patches and the K examples are made from the 9 outputs (the authors' way,
+  K times less backbone work, identical result);
+* materialised examples [B, K, n, p, p, C] (n = 9 for Jigsaw, 2 for RPL).
+"""
+import numpy as np
+import tensorflow as tf
+
+from selfsup.preprocess import NEIGHBOURS, load_permutations
+from selfsup.tasks import base
+
+_CENTRE = 4
+
+
+class _PatchTask(base.Task):
+  patch_based = True
+  num_classes = None
+  examples_per_image = None
+
+  def __init__(self, image_size=64, embedding_size=1000, hidden_size=4096,
+               dropout=0.5, **kwargs):
+    self.embedding_size = embedding_size
+    self.hidden_size = hidden_size
+    self.dropout = dropout
+    super().__init__(image_size=image_size, **kwargs)
+
+  def _spec_kwargs(self, kwargs):
+    kwargs.setdefault("patch", self.image_size)
+    # The paper's 85-pixel cells around 64-pixel patches, scaled.
+    kwargs.setdefault("crop", 3 * int(round(self.image_size * 85 / 64)))
+    return kwargs
+
+  def _build(self, sync_batch_norm):
+    self.backbone = self._backbone(self.embedding_size, sync_batch_norm,
+                                   patch=True)
+    self.head = base.mlp_head(self.num_classes, self.weight_decay,
+                              f"{self.name}_head", hidden=self.hidden_size,
+                              dropout=self.dropout,
+                              sync_batch_norm=sync_batch_norm)
+
+  def _embed(self, patches, training):
+    flat = base.flatten_copies(patches)
+    out = self.backbone(flat, training=training)["logits"]
+    return tf.cast(out, tf.float32)
+
+  def _combine(self, grid_embeddings, labels):
+    """[B, 9, D] grid embeddings, labels [B, K] -> [B, K, n * D] inputs."""
+    raise NotImplementedError  # the task's pairing of patches
+
+  def step(self, batch, training):
+    images, labels = batch["image"], batch["label"]
+    if images.shape.rank == 5:
+      grid = self._embed(images, training)
+      grid = tf.reshape(grid, [-1, 9, self.embedding_size])
+      inputs = self._combine(grid, labels)
+    elif images.shape.rank == 6:
+      n = images.shape[2]
+      inputs = tf.reshape(self._embed(images, training),
+                          [-1, n * self.embedding_size])
+    else:
+      raise ValueError(f"{self.name}: expected image [B, 9, p, p, C] or "
+                       f"[B, K, n, p, p, C], got shape {images.shape}.")
+    inputs = tf.reshape(inputs, [-1, inputs.shape[-1]])
+    logits = self.head(inputs, training=training)
+    return base.classification(tf.reshape(labels, [-1]), logits)
+
+  def dummy_batch(self, batch_size):
+    p = self.image_size
+    return {"image": tf.zeros([batch_size, 9, p, p, 3]),
+            "label": tf.zeros([batch_size, self.examples_per_image], tf.int32)}
+
+
+class Jigsaw(_PatchTask):
+  """Which of the 100 maximal-Hamming permutations shuffled the 9 patches."""
+
+  name = "jigsaw"
+  num_classes = 100
+  examples_per_image = 16
+
+  def __init__(self, num_perms=16, shared_perms=None, **kwargs):
+    """num_perms: permutations per image (paper: 16); shared_perms: if set,
+    the authors' code instead: this many (8) drawn once per batch."""
+    self._perms = tf.constant(load_permutations(), tf.int32)
+    self.num_perms = num_perms
+    self.shared_perms = shared_perms
+    self.examples_per_image = shared_perms or num_perms
+    super().__init__(**kwargs)
+
+  def _spec_kwargs(self, kwargs):
+    kwargs.setdefault("num_perms", self.num_perms)
+    kwargs.setdefault("shared_perms", self.shared_perms)
+    return super()._spec_kwargs(kwargs)
+
+  def _combine(self, grid_embeddings, labels):
+    perms = tf.gather(self._perms, tf.cast(labels, tf.int32))  # [B, K, 9]
+    # Output position i of permutation r holds patch perms[r][i], as in the
+    # preprocessing's `jigsaw` op.
+    permuted = tf.gather(grid_embeddings, perms, batch_dims=1)  # [B, K, 9, D]
+    shape = tf.shape(permuted)
+    return tf.reshape(permuted, [shape[0], shape[1],
+                                 9 * self.embedding_size])
+
+
+class RelativePatchLocation(_PatchTask):
+  """Where a neighbour patch lies relative to the centre patch (8 classes)."""
+
+  name = "relative_patch_location"
+  num_classes = 8
+  examples_per_image = 8
+
+  def _combine(self, grid_embeddings, labels):
+    neighbours = tf.gather(tf.constant(np.array(NEIGHBOURS), tf.int32),
+                           tf.cast(labels, tf.int32))  # [B, 8]
+    first = tf.gather(grid_embeddings, neighbours, batch_dims=1)
+    centre = tf.broadcast_to(grid_embeddings[:, _CENTRE:_CENTRE + 1],
+                             tf.shape(first))
+    return tf.concat([first, centre], axis=-1)
+
+  def dummy_batch(self, batch_size):
+    batch = super().dummy_batch(batch_size)
+    batch["label"] = tf.tile(tf.range(8)[None], [batch_size, 1])
+    return batch

@@ -1,0 +1,221 @@
+"""The pretraining loop: any task, any strategy, resumable, exportable.
+
+The task's `step` runs per replica under `strategy.run`; the loss is averaged
+over the global batch (each replica's mean divided by the replica count, the
+gradients being summed across replicas by the optimizer). Several steps run
+inside one `tf.function` call (`steps_per_loop`), as TPUs need.
+"""
+import dataclasses
+import math
+import os
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from selfsup import data as data_lib
+from selfsup.train import checkpoints, export, precision
+from selfsup.train.schedules import WarmupStepDecay
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """How long and how to train (the paper's defaults, supplementary 1).
+
+  `train_steps`, if set, overrides `epochs`. `batch_size` is global and counts
+  source images (a Rotation batch of 1024 holds 4096 rotated copies).
+  """
+  batch_size: int = 1024
+  epochs: float = 35
+  train_steps: int = None
+  base_lr: float = 0.1
+  warmup_epochs: float = 5
+  decay_epochs: tuple = (15, 25)
+  momentum: float = 0.9
+  steps_per_loop: int = 100
+  checkpoint_steps: int = 1000
+  max_checkpoints: int = 3
+  mixed_precision: bool = False
+  jit_compile: bool = False
+  seed: int = None
+  checkpoint_input: bool = True
+  shuffle_buffer: int = 10_000
+  cache: bool = False
+  train_split: str = "train"
+  eval_split: str = None
+  eval_batches: int = None
+
+
+class Trainer:
+  """Pretrains `task` on `source` into `workdir`.
+
+  Args:
+    task: a `selfsup.tasks.Task` (not yet built).
+    source: a `selfsup.data.Source`.
+    workdir: where checkpoints, summaries and the export go (local or gs://).
+    config: a `TrainConfig`.
+    strategy: a tf.distribute strategy (default: the current one).
+  """
+
+  def __init__(self, task, source, workdir, config=None, strategy=None):
+    self.task = task
+    self.source = source
+    self.workdir = workdir
+    self.config = config or TrainConfig()
+    self.strategy = strategy or tf.distribute.get_strategy()
+    cfg = self.config
+    if cfg.train_split not in source.splits:
+      raise ValueError(f"train_split={cfg.train_split!r} is not a split of "
+                       f"{source.name!r}: expected one of {source.splits}.")
+    num_train = source.num_examples(cfg.train_split)
+    self.steps_per_epoch = num_train // cfg.batch_size
+    if self.steps_per_epoch < 1:
+      raise ValueError(f"batch_size={cfg.batch_size} is larger than the "
+                       f"{num_train} images of {source.name}:"
+                       f"{cfg.train_split}.")
+    self.total_steps = int(cfg.train_steps or round(
+        cfg.epochs * self.steps_per_epoch))
+    replicas = self.strategy.num_replicas_in_sync
+    if cfg.batch_size % replicas:
+      raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over "
+                       f"the {replicas} replicas.")
+
+    with self.strategy.scope(), precision.dtype_policy(
+        "mixed_bfloat16" if cfg.mixed_precision else "float32"):
+      task.build(sync_batch_norm=replicas > 1)
+      self.schedule = WarmupStepDecay(
+          cfg.base_lr, cfg.batch_size, self.steps_per_epoch,
+          cfg.warmup_epochs, cfg.decay_epochs)
+      self.optimizer = keras.optimizers.SGD(self.schedule,
+                                            momentum=cfg.momentum)
+      # Built in the scope before the first step, so that its slots are
+      # mirrored like the variables they follow.
+      self.optimizer.build(task.trainable_variables)
+    self._dataset = self.strategy.distribute_datasets_from_function(
+        self._train_input)
+    self._iterator = iter(self._dataset)
+    self.checkpoint = checkpoints.Manager(
+        os.path.join(workdir, "checkpoints"), cfg.max_checkpoints,
+        step=self.optimizer.iterations, optimizer=self.optimizer,
+        iterator=self._iterator if cfg.checkpoint_input else None,
+        **task.modules)
+    self._train_loop = tf.function(self._loop)
+    self._grads = tf.function(self._compute_grads,
+                              jit_compile=cfg.jit_compile)
+
+  @property
+  def step(self):
+    return int(self.optimizer.iterations.numpy())
+
+  def _train_input(self, input_context):
+    cfg = self.config
+    return data_lib.make_pipeline(
+        self.source, cfg.train_split, self.task.specs["train"],
+        batch_size=cfg.batch_size, training=True, seed=cfg.seed,
+        input_context=input_context, batch_spec=self.task.specs["batch"] or
+        None, shuffle_buffer=cfg.shuffle_buffer, cache=cfg.cache)
+
+  def _compute_grads(self, batch):
+    task = self.task
+    replicas = self.strategy.num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      loss, metrics = task.step(batch, training=True)
+      reg = task.regularization_losses
+      total = loss + (tf.add_n(reg) if reg else 0.0)
+      scaled = total / replicas
+    grads = tape.gradient(scaled, task.trainable_variables)
+    return grads, dict(metrics, loss=loss, total_loss=total)
+
+  def _replica_step(self, batch):
+    grads, logs = self._grads(batch)
+    self.optimizer.apply_gradients(zip(grads, self.task.trainable_variables))
+    return logs
+
+  def _loop(self, iterator, steps):
+    sums = None
+    for _ in tf.range(steps):
+      logs = self.strategy.run(self._replica_step, args=(next(iterator),))
+      logs = {k: self.strategy.reduce("MEAN", v, axis=None)
+              for k, v in logs.items()}
+      sums = logs if sums is None else {k: sums[k] + logs[k] for k in logs}
+    return {k: v / tf.cast(steps, v.dtype) for k, v in sums.items()}
+
+  def train(self, max_steps=None):
+    """Trains to `total_steps` (or `max_steps`), resuming if possible.
+
+    Returns the last loop's mean logs (loss, accuracy, ...), as floats.
+    """
+    cfg = self.config
+    restored = self.checkpoint.restore_latest()
+    if restored:
+      logging.info("Resumed from %s at step %d.", restored, self.step)
+    end = min(self.total_steps, max_steps or self.total_steps)
+    writer = tf.summary.create_file_writer(os.path.join(self.workdir, "train"))
+    logs, start_step, start_time = {}, self.step, time.time()
+    while self.step < end:
+      steps = min(cfg.steps_per_loop, end - self.step,
+                  cfg.checkpoint_steps - self.step % cfg.checkpoint_steps)
+      tic = time.time()
+      logs = {k: float(v) for k, v in self._train_loop(
+          self._iterator, tf.constant(steps)).items()}
+      seconds = time.time() - tic
+      if not all(math.isfinite(v) for v in logs.values()):
+        raise TrainingDivergedError(
+            f"Non-finite training logs {logs} between steps "
+            f"{self.step - steps} and {self.step}; the last good checkpoint "
+            f"in {self.checkpoint.directory} is kept "
+            f"({self.checkpoint.latest}).")
+      logs["learning_rate"] = float(self.schedule(self.step))
+      logs["images_per_sec"] = steps * cfg.batch_size / seconds
+      self._report(writer, logs, start_step, start_time, end)
+      if self.step % cfg.checkpoint_steps == 0 or self.step >= end:
+        self.checkpoint.save(self.step)
+    writer.flush()
+    return logs
+
+  def _report(self, writer, logs, start_step, start_time, end):
+    with writer.as_default(step=self.step):
+      for key, value in logs.items():
+        tf.summary.scalar(key, value)
+    done = self.step - start_step
+    rate = done / max(time.time() - start_time, 1e-9)
+    eta = (end - self.step) / max(rate, 1e-9)
+    logging.info(
+        "step %d/%d  loss %.4f  accuracy %.3f  lr %.4g  %.1f img/s  ETA %s",
+        self.step, end, logs["loss"], logs.get("accuracy", float("nan")),
+        logs["learning_rate"], logs["images_per_sec"],
+        time.strftime("%H:%M:%S", time.gmtime(eta)))
+
+  def evaluate(self, split=None, num_batches=None, batch_size=None):
+    """Pretext loss and accuracy on `split` with the evaluation spec."""
+    cfg = self.config
+    split = split or cfg.eval_split or cfg.train_split
+    num_batches = num_batches or cfg.eval_batches
+    ds = data_lib.make_pipeline(
+        self.source, split, self.task.specs["eval"],
+        batch_size=batch_size or cfg.batch_size, training=False, seed=0,
+        batch_spec=self.task.specs["batch"] or None, drop_remainder=True)
+    if num_batches:
+      ds = ds.take(num_batches)
+    totals, count = {}, 0
+    step = tf.function(lambda b: self.task.step(b, training=False))
+    for batch in ds:
+      loss, metrics = step(batch)
+      n = int(batch["image"].shape[0])
+      for k, v in dict(metrics, loss=loss).items():
+        totals[k] = totals.get(k, 0.0) + float(v) * n
+      count += n
+    if not count:
+      raise ValueError(f"Split {split!r} of {self.source.name!r} gave no full "
+                       "evaluation batch: lower the batch size.")
+    return {k: v / count for k, v in totals.items()}
+
+  def export(self):
+    """Writes the backbone as .keras and SavedModel under workdir/export."""
+    return export.export_backbone(self.task, self.workdir, step=self.step)
+
