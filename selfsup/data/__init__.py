@@ -1,0 +1,81 @@
+"""Named image sources, their splits, low-data subsets and the input pipeline.
+
+    source = selfsup.data.get("imagenet2012", data_dir="/data/tfds")
+    ds = selfsup.data.make_pipeline(source, "train", "resize(256)|rotate",
+                                    batch_size=1024, training=True, seed=0)
+
+Sources: see `list()`; each yields unbatched `{"image": uint8 [H, W, 3] RGB,
+"label": int64}`. docs/data.md describes the splits, the layouts of the folder
+sources, the bad-file policy and sharding.
+"""
+
+from selfsup.data import digits as _digits
+from selfsup.data import folder as _folder
+from selfsup.data import tfds_source as _tfds_source
+from selfsup.data.base import IndexedSource
+from selfsup.data.base import Source
+from selfsup.data.decode import BadImagesError
+from selfsup.data.decode import DataNotFoundError
+from selfsup.data.decode import decode_rgb
+from selfsup.data.pipeline import make_pipeline
+from selfsup.data.subset import subset
+from selfsup.data.subset import Subset
+
+_REGISTRY = {}
+
+
+def register(name):
+  """Decorator registering `builder(**kwargs) -> Source` under `name`."""
+
+  def decorator(builder):
+    if name in _REGISTRY:
+      raise ValueError(f"Data source {name!r} is already registered.")
+    _REGISTRY[name] = builder
+    return builder
+
+  return decorator
+
+
+def list():  # pylint: disable=redefined-builtin
+  """The sorted names of the registered sources."""
+  return sorted(_REGISTRY)
+
+
+def get(name, *, fraction=None, subset_seed=0, **kwargs):
+  """Makes the source `name`.
+
+  Args:
+    name: one of `list()`.
+    fraction: if given, cut the training splits to this fraction of every
+      class (see `subset`).
+    subset_seed: which subset, when `fraction` is given.
+    **kwargs: the source's own arguments (`data_dir` for TFDS sources, `root`
+      for folders, `image_size` for digits, ...).
+
+  Returns:
+    A `Source`.
+
+  Raises:
+    ValueError: for an unknown name.
+    DataNotFoundError: when the data is not where it should be.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"Unknown data source {name!r}; choose one of "
+                     f"{list()}.")
+  source = _REGISTRY[name](**kwargs)
+  if fraction is not None:
+    source = subset(source, fraction, seed=subset_seed)
+  return source
+
+
+register("imagenet2012")(_tfds_source.imagenet2012)
+register("places365_small")(_tfds_source.places365_small)
+register("places205")(_folder.places205)
+register("image_folder")(_folder.ImageFolder)
+register("digits")(_digits.Digits)
+
+__all__ = [
+    "BadImagesError", "DataNotFoundError", "IndexedSource", "Source",
+    "Subset", "decode_rgb", "get", "list", "make_pipeline", "register",
+    "subset",
+]
