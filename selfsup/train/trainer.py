@@ -6,6 +6,7 @@ gradients being summed across replicas by the optimizer). Several steps run
 inside one `tf.function` call (`steps_per_loop`), as TPUs need.
 """
 import dataclasses
+import json
 import math
 import os
 import time
@@ -96,6 +97,7 @@ class Trainer:
       # Built in the scope before the first step, so that its slots are
       # mirrored like the variables they follow.
       self.optimizer.build(task.trainable_variables)
+    self.input_seed = _input_seed(workdir, cfg.seed)
     self._dataset = self.strategy.distribute_datasets_from_function(
         self._train_input)
     self._iterator = iter(self._dataset)
@@ -116,7 +118,7 @@ class Trainer:
     cfg = self.config
     return data_lib.make_pipeline(
         self.source, cfg.train_split, self.task.specs["train"],
-        batch_size=cfg.batch_size, training=True, seed=cfg.seed,
+        batch_size=cfg.batch_size, training=True, seed=self.input_seed,
         input_context=input_context, batch_spec=self.task.specs["batch"] or
         None, shuffle_buffer=cfg.shuffle_buffer, cache=cfg.cache)
 
@@ -219,3 +221,22 @@ class Trainer:
     """Writes the backbone as .keras and SavedModel under workdir/export."""
     return export.export_backbone(self.task, self.workdir, step=self.step)
 
+
+
+def _input_seed(workdir, seed):
+  """The input pipeline's seed: `seed`, or one drawn once per workdir.
+
+  A seeded pipeline uses only stateless random ops, which is what lets the
+  input position be checkpointed; keeping a drawn seed in the workdir makes
+  a resumed run continue the same stream.
+  """
+  path = os.path.join(workdir, "input_seed.json")
+  if seed is None and tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      return int(json.load(f)["seed"])
+  if seed is None:
+    seed = int.from_bytes(os.urandom(4), "little") >> 1
+  tf.io.gfile.makedirs(workdir)
+  with tf.io.gfile.GFile(path, "w") as f:
+    json.dump({"seed": int(seed)}, f)
+  return int(seed)
