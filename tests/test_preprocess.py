@@ -305,7 +305,7 @@ def test_all_ready_made_specs_parse():
       "decode|resize(255)|central_crop(192)|crop_patches(3)|standardize")
   assert pp.specs.TASK_SPECS["jigsaw"]["train"] == (
       "decode|resize(292)|crop(255)|to_gray(0.333333)|crop_patches(3, 21)"
-      "|standardize|jigsaw(16)")
+      "|standardize|jigsaw(16, permute=False)")
 
 
 def test_spec_makers_reject_bad_sizes():

@@ -177,6 +177,119 @@ def test_jigsaw_shared_after_batching():
                                     images[b])
 
 
+def _seeded(image, seed):
+  return {"image": image, "label": np.int64(3),
+          "_seed": np.array([seed, 7], np.int64)}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_jigsaw_unpermuted_format_describes_the_same_copies(training):
+  perms = pp.load_permutations()
+  for seed in range(3):
+    features = _seeded(_image(12, 12, seed=seed), seed)
+    permuted = _run("crop_patches(3, 1)|jigsaw(16)", features, training)
+    plain = _run("crop_patches(3, 1)|jigsaw(16, permute=False)", features,
+                 training)
+    patches = _run("crop_patches(3, 1)", features, training)[0]["image"]
+    for copies, unpermuted in zip(permuted, plain):
+      assert unpermuted["image"].shape == (9, 3, 3, 3)
+      # Same seed, same labels, and the same seed passed on downstream.
+      np.testing.assert_array_equal(unpermuted["label"], copies["label"])
+      assert unpermuted["label"].dtype == np.int32
+      np.testing.assert_array_equal(unpermuted["_seed"], copies["_seed"])
+      assert unpermuted["class_label"] == 3 and copies["class_label"] == 3
+      # The patches are left in their row-major grid order.
+      np.testing.assert_array_equal(unpermuted["image"], patches)
+      for j, label in enumerate(unpermuted["label"]):
+        np.testing.assert_array_equal(unpermuted["image"][perms[label]],
+                                      copies["image"][j])
+      np.testing.assert_array_equal(
+          pp.pretext_ops.permute_patches(unpermuted["image"],
+                                         unpermuted["label"]),
+          copies["image"])
+
+
+def _batched(spec, batch_spec, images, training=True):
+  seeds = np.stack([[s, 11] for s in range(len(images))]).astype(np.int64)
+  dataset = (tf.data.Dataset.from_tensor_slices(
+      {"image": images, "_seed": seeds})
+             .map(pp.get(spec, training)).batch(len(images))
+             .map(pp.get(batch_spec, training)))
+  return {k: v.numpy() for k, v in next(iter(dataset)).items()}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_jigsaw_shared_unpermuted_format_describes_the_same_copies(training):
+  images = np.stack([_image(12, 12, seed=s) for s in range(3)])
+  permuted = _batched("crop_patches(3)", "jigsaw_shared(5)", images, training)
+  plain = _batched("crop_patches(3)", "jigsaw_shared(5, permute=False)",
+                   images, training)
+  patches = _batched("crop_patches(3)", "", images, training)["image"]
+  assert plain["image"].shape == (3, 9, 4, 4, 3)
+  assert plain["label"].shape == (3, 5) and plain["label"].dtype == np.int32
+  np.testing.assert_array_equal(plain["label"], permuted["label"])
+  np.testing.assert_array_equal(plain["_seed"], permuted["_seed"])
+  np.testing.assert_array_equal(plain["image"], patches)
+  perms = pp.load_permutations()
+  for b in range(3):
+    for j, label in enumerate(plain["label"][b]):
+      np.testing.assert_array_equal(plain["image"][b][perms[label]],
+                                    permuted["image"][b, j])
+  np.testing.assert_array_equal(
+      pp.pretext_ops.permute_patches(plain["image"], plain["label"]),
+      permuted["image"])
+
+
+def test_permute_patches_on_embeddings_matches_numpy():
+  rng = np.random.RandomState(0)
+  embeddings = rng.normal(size=(2, 9, 5)).astype(np.float32)
+  label = np.array([[3, 99, 0], [42, 3, 7]], np.int32)
+  perms = pp.load_permutations()
+  expected = np.stack([np.stack([e[perms[r]] for r in row])
+                       for e, row in zip(embeddings, label)])
+  out = pp.pretext_ops.permute_patches(embeddings, label)
+  assert out.shape == (2, 3, 9, 5)
+  np.testing.assert_array_equal(out, expected)
+  # Works inside a compiled train step too (what a model does with it).
+  compiled = tf.function(pp.pretext_ops.permute_patches, jit_compile=True)
+  np.testing.assert_array_equal(compiled(embeddings, label), expected)
+  with pytest.raises(ValueError, match=r"shape \[k\] or \[B, k\]"):
+    pp.pretext_ops.permute_patches(embeddings, label[None])
+
+
+@pytest.mark.parametrize("op", ["jigsaw(4, permute=0)",
+                                "jigsaw_shared(4, permute='no')",
+                                "relative_patch_location(pairs=None)"])
+def test_format_flags_must_be_bools(op):
+  with pytest.raises(ValueError, match="must be True or False"):
+    pp.get(op, True)
+
+
+def test_relative_patch_location_unpaired_format_describes_the_same_pairs():
+  image = _coords(15, 15)
+  paired = _run("crop_patches(3)|relative_patch_location", {"image": image})
+  plain = _run("crop_patches(3)|relative_patch_location(pairs=False)",
+               {"image": image})
+  for pairs, unpaired in zip(paired, plain):
+    assert unpaired["image"].shape == (9, 5, 5, 3)
+    np.testing.assert_array_equal(unpaired["label"], pairs["label"])
+    np.testing.assert_array_equal(unpaired["label"], np.arange(8))
+    np.testing.assert_array_equal(_tile(unpaired["image"]), image)
+    for l, label in enumerate(unpaired["label"]):
+      np.testing.assert_array_equal(
+          pairs["image"][l],
+          unpaired["image"][[pp.NEIGHBOURS[label], 4]])
+    np.testing.assert_array_equal(
+        pp.pretext_ops.pair_patches(unpaired["image"]), pairs["image"])
+  # Batched embeddings [B, 9, D] pair on axis 1.
+  embeddings = np.random.RandomState(1).normal(size=(2, 9, 4))
+  out = pp.pretext_ops.pair_patches(embeddings, axis=1).numpy()
+  assert out.shape == (2, 8, 2, 4)
+  np.testing.assert_array_equal(out[:, :, 1], np.repeat(embeddings[:, 4:5], 8,
+                                                        axis=1))
+  np.testing.assert_array_equal(out[:, :, 0], embeddings[:, pp.NEIGHBOURS])
+
+
 def test_relative_patch_location_labels_match_positions():
   image = _coords(15, 15)  # Cells and patches of 5.
   for out in _run("crop_patches(3)|relative_patch_location",
@@ -207,19 +320,30 @@ def test_exemplar_makes_distinct_copies():
     np.testing.assert_array_equal(out["image"][0], out["image"][2])
 
 
-@pytest.mark.parametrize("task,kwargs,batch,shape", [
-    ("rotation", {"size": 16}, 2, (2, 4, 16, 16, 3)),
-    ("supervised", {"size": 16}, 2, (2, 16, 16, 3)),
-    ("exemplar", {"size": 16, "copies": 4, "gray_p": 0.5}, 2,
-     (2, 4, 16, 16, 3)),
-    ("jigsaw", {"crop": 48, "patch": 12}, 2, (2, 16, 9, 12, 12, 3)),
+PATCH = (12, 12, 3)
+
+
+@pytest.mark.parametrize("task,kwargs,shape,label_shape", [
+    ("rotation", {"size": 16}, (2, 4, 16, 16, 3), (2, 4)),
+    ("supervised", {"size": 16}, (2, 16, 16, 3), (2,)),
+    ("exemplar", {"size": 16, "copies": 4, "gray_p": 0.5},
+     (2, 4, 16, 16, 3), None),
+    ("jigsaw", {"crop": 48, "patch": 12}, (2, 9) + PATCH, (2, 16)),
+    ("jigsaw", {"crop": 48, "patch": 12, "permute_images": True},
+     (2, 16, 9) + PATCH, (2, 16)),
     ("jigsaw", {"crop": 48, "patch": 12, "shared_perms": 8,
-                "gray_per_patch": True}, 2, (2, 8, 9, 12, 12, 3)),
-    ("relative_patch_location", {"crop": 48, "patch": 12}, 2,
-     (2, 8, 2, 12, 12, 3)),
+                "gray_per_patch": True}, (2, 9) + PATCH, (2, 8)),
+    ("jigsaw", {"crop": 48, "patch": 12, "shared_perms": 8,
+                "permute_images": True}, (2, 8, 9) + PATCH, (2, 8)),
+    ("relative_patch_location", {"crop": 48, "patch": 12}, (2, 9) + PATCH,
+     (2, 8)),
+    ("relative_patch_location", {"crop": 48, "patch": 12,
+                                 "pair_images": True}, (2, 8, 2) + PATCH,
+     (2, 8)),
 ])
-def test_small_task_specs_run_in_tf_data(task, kwargs, batch, shape):
+def test_small_task_specs_run_in_tf_data(task, kwargs, shape, label_shape):
   specs = pp.specs.task_specs(task, **kwargs)
+  batch = 2
   images = np.stack([_image(40, 56, seed=s) for s in range(batch)])
   for mode in ("train", "eval"):
     training = mode == "train"
@@ -230,6 +354,37 @@ def test_small_task_specs_run_in_tf_data(task, kwargs, batch, shape):
     out = next(iter(dataset))
     assert out["image"].shape == shape and out["image"].dtype == tf.float32
     assert np.all(np.isfinite(out["image"].numpy()))
+    if label_shape is None:
+      assert "label" not in out
+    else:
+      assert out["label"].shape == label_shape
+
+
+def test_default_patch_specs_use_the_efficient_formats():
+  jigsaw = pp.specs.TASK_SPECS["jigsaw"]
+  assert jigsaw["train"] == (
+      "decode|resize(292)|crop(255)|to_gray(0.333333)|crop_patches(3, 21)"
+      "|standardize|jigsaw(16, permute=False)")
+  assert jigsaw["eval"].endswith("|standardize|jigsaw(16, permute=False)")
+  rpl = pp.specs.TASK_SPECS["relative_patch_location"]
+  assert rpl["train"].endswith("|relative_patch_location(pairs=False)")
+  old = pp.specs.patch_task_specs("jigsaw", permute_images=True)
+  assert old["train"].endswith("|standardize|jigsaw(16)")
+  shared = pp.specs.patch_task_specs("jigsaw", shared_perms=8)
+  assert shared["batch"] == "jigsaw_shared(8, permute=False)"
+  assert pp.specs.patch_task_specs(
+      "relative_patch_location", pair_images=True)["train"].endswith(
+          "|standardize|relative_patch_location")
+
+
+@pytest.mark.parametrize("task,kwargs", [
+    ("relative_patch_location", {"permute_images": True}),
+    ("relative_patch_location", {"shared_perms": 8}),
+    ("jigsaw", {"pair_images": True}),
+])
+def test_patch_spec_options_of_the_other_task_raise(task, kwargs):
+  with pytest.raises(ValueError, match="only appl(y|ies) to"):
+    pp.specs.patch_task_specs(task, **kwargs)
 
 
 def test_small_representation_specs_give_standardized_patches():

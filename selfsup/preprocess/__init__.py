@@ -10,8 +10,12 @@ bytes that only `decode` accepts), optionally `label` (int64 class) and
 `_seed` (int64 [2], see `randomness`). Every op returns a new dict. Images
 stay uint8 in [0, 255] until `value_range` or `standardize` make them
 float32. Pretext ops (`rotate`, `jigsaw`, `relative_patch_location`,
-`exemplar`) add a leading copies axis and emit int32 pretext labels; the
-class label moves to `class_label`. `specs` has the paper's pipelines.
+`exemplar`) emit int32 pretext labels and move the class label to
+`class_label`. `rotate` and `exemplar` add a leading copies axis; `jigsaw` and
+`relative_patch_location` either materialise their examples (a copies axis)
+or, in the efficient format the ready-made specs use, keep the 9 patches and
+leave the permuting/pairing of their embeddings to the model
+(`permute_patches`, `pair_patches`). `specs` has the paper's pipelines.
 
 Random ops use stateless randomness: with a per-example `_seed` in the
 features the output is a deterministic function of the input; without one
@@ -24,7 +28,10 @@ from selfsup.preprocess import randomness
 from selfsup.preprocess import specs
 from selfsup.preprocess.permutations import load_permutations
 from selfsup.preprocess.pretext_ops import CLASS_LABEL_KEY
+from selfsup.preprocess.pretext_ops import CENTRE
 from selfsup.preprocess.pretext_ops import NEIGHBOURS
+from selfsup.preprocess.pretext_ops import pair_patches
+from selfsup.preprocess.pretext_ops import permute_patches
 from selfsup.preprocess.pretext_ops import RELATIVE_POSITIONS
 from selfsup.preprocess.randomness import SEED_KEY
 from selfsup.preprocess.registry import get
@@ -32,6 +39,6 @@ from selfsup.preprocess.registry import list_ops
 from selfsup.preprocess.registry import register
 
 __all__ = [
-    "CLASS_LABEL_KEY", "NEIGHBOURS", "RELATIVE_POSITIONS", "SEED_KEY", "get",
+    "CENTRE", "CLASS_LABEL_KEY", "NEIGHBOURS", "pair_patches", "permute_patches", "RELATIVE_POSITIONS", "SEED_KEY", "get",
     "list_ops", "load_permutations", "randomness", "register", "specs",
 ]

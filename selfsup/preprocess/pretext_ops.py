@@ -1,9 +1,22 @@
 """Pretext ops: they make the self-supervised examples and their labels.
 
-`rotate`, `jigsaw`, `relative_patch_location` and `exemplar` emit `image` with
-a leading copies axis (and, except `exemplar`, `label` [copies], int32); the
-task flattens that axis into the batch, so a batch size counts source images.
+`rotate`, `exemplar`, and `jigsaw` and `relative_patch_location` in their
+materialised format, emit `image` with a leading copies axis (and, except
+`exemplar`, `label` [copies], int32); the task flattens that axis into the
+batch, so a batch size counts source images.
 The incoming class `label`, when there is one, is kept as `class_label`.
+
+`jigsaw` and `relative_patch_location` also have an efficient format
+(`permute=False`, `pairs=False`): the image stays the 9 patches [9, p, p, C]
+and only the labels say which copies to make; the model then runs the
+backbone once per patch and builds the copies from the 9 embeddings with
+`permute_patches` or `pair_patches` (what the authors' code did). For Jigsaw
+this is exactly the same training at a fraction of the memory and compute:
+every permutation holds each patch once, so batch norm sees each patch
+num_perms times in the copies, the same statistics as once. For Relative
+Patch Location it is not quite: in the pairs the centre patch appears 8
+times, so batch-norm statistics weight it 8x; with `pairs=False` (the
+authors' code) all 9 patches weigh the same.
 
 `crop_patches` cuts the grid of patches the patch-based ops start from.
 `jigsaw_shared` is the one batch-level op: it runs after batching.
@@ -23,6 +36,7 @@ NUM_ROTATIONS = 4
 # (row-major, 4 is the centre) with the centre; RELATIVE_POSITIONS[l] is that
 # neighbour's (row, column) offset from the centre.
 NEIGHBOURS = (0, 1, 2, 3, 5, 6, 7, 8)
+CENTRE = 4
 RELATIVE_POSITIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1),
                       (1, 0), (1, 1))
 DEFAULT_EXEMPLAR_SPEC = "inception_crop(224)|flip_lr|color_distort"
@@ -121,11 +135,58 @@ def _check_patches(patches, num_patches, rank):
                      f"first")
 
 
-def _jigsaw_setup(num_perms):
+def _check_flag(name, value):
+  # A spec typo such as permute=0 or permute="False" must not pass silently.
+  if not isinstance(value, bool):
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def permute_patches(x, label, perms=None):
+  """Applies Jigsaw permutations to 9 patches or to their embeddings.
+
+  The model side of `jigsaw(permute=False)`: `permute_patches(x, label)` of
+  that op's image and label equals the image of `jigsaw(permute=True)` for
+  the same seed, and the same call on the backbone's 9 embeddings gives the
+  embeddings of the permuted copies.
+
+  Args:
+    x: [9, ...] with `label` [k], or [B, 9, ...] with `label` [B, k] (one
+      batch axis; the per-example and the batch-level formats).
+    label: int permutation indices, rows of `perms`.
+    perms: [num_perms, 9] permutations; default `load_permutations()`.
+
+  Returns:
+    [k, 9, ...] (or [B, k, 9, ...]) where copy j is
+    `tf.gather(x, perms[label[j]])`: position i holds entry perms[label[j]][i].
+  """
+  perms = tf.convert_to_tensor(
+      load_permutations() if perms is None else perms, tf.int32)
+  label = tf.convert_to_tensor(label)
+  batch_dims = label.shape.rank - 1
+  if batch_dims not in (0, 1):
+    raise ValueError(f"label must have shape [k] or [B, k], got {label.shape}")
+  return tf.gather(x, tf.gather(perms, label), axis=batch_dims,
+                   batch_dims=batch_dims)
+
+
+def pair_patches(x, axis=0):
+  """The 8 (neighbour, centre) pairs of 9 patches or of their embeddings.
+
+  The model side of `relative_patch_location(pairs=False)`: the 9 entries on
+  `axis` (row-major grid) become [8, 2] there, pair l being (entry
+  NEIGHBOURS[l], entry CENTRE), so that on the op's image it equals the image
+  of `relative_patch_location(pairs=True)`. Use axis=1 for a batch [B, 9, D].
+  """
+  pairs = [[neighbour, CENTRE] for neighbour in NEIGHBOURS]
+  return tf.gather(x, pairs, axis=axis)
+
+
+def _jigsaw_setup(num_perms, permute):
   perms = load_permutations()
   if not isinstance(num_perms, int) or not 1 <= num_perms <= len(perms):
     raise ValueError(f"num_perms must be an int in [1, {len(perms)}], got "
                      f"{num_perms!r}")
+  _check_flag("permute", permute)
   # Evenly spread over the set, so that jigsaw(100) in evaluation uses all.
   fixed = np.round(np.linspace(0, len(perms) - 1, num_perms)).astype(np.int32)
   return perms, fixed
@@ -140,75 +201,86 @@ def _jigsaw_indices(features, perms, fixed, num_perms, training):
 
 
 @register("jigsaw")
-def get_jigsaw(num_perms=16, training=True):
-  """Shuffles 9 patches [9, p, p, C] by `num_perms` of the 100 permutations.
+def get_jigsaw(num_perms=16, permute=True, training=True):
+  """Jigsaw labels for 9 patches [9, p, p, C], and optionally the copies.
 
-  Output image [num_perms, 9, p, p, C] and label [num_perms]: copy j is the
-  patches shuffled by permutation r = label[j] of `load_permutations()`, with
-  output position i holding input patch perms[r][i] (`tf.gather(patches,
-  perms[r])`); `tf.gather(copy, np.argsort(perms[r]))` puts them back.
+  label [num_perms] (int32) holds indices r into `load_permutations()`.
+  With `permute=True` the image is [num_perms, 9, p, p, C]: copy j is the
+  patches shuffled by permutation r = label[j], output position i holding
+  input patch perms[r][i] (`tf.gather(patches, perms[r])`);
+  `tf.gather(copy, np.argsort(perms[r]))` puts them back.
+  With `permute=False` the image is the input [9, p, p, C], untouched (the
+  row-major grid order of `crop_patches`), and the model makes the copies
+  from the patch embeddings with `permute_patches(embeddings, label)`.
+  Both formats draw the same labels and pass on the same `_seed`, so for a
+  given seed they describe exactly the same examples.
 
   In training, each image draws its own `num_perms` distinct permutations
   (the paper: 16 per image, each a training example). In evaluation the
   choice is fixed, `num_perms` indices spread evenly over 0..99, so that a
   validation score does not depend on the seed.
   """
-  perms, fixed = _jigsaw_setup(num_perms)
-  perms_tensor = tf.constant(perms)
+  perms, fixed = _jigsaw_setup(num_perms, permute)
 
   def jigsaw(features):
     patches = get_image(features, ranks=(4,))
     _check_patches(patches, perms.shape[1], 4)
     features, index = _jigsaw_indices(features, perms, fixed, num_perms,
                                       training)
-    out = tf.gather(patches, tf.gather(perms_tensor, index))
+    out = permute_patches(patches, index, perms) if permute else patches
     return _with_pretext(features, out, index)
 
   return jigsaw
 
 
 @register("jigsaw_shared")
-def get_jigsaw_shared(num_perms=8, training=True):
+def get_jigsaw_shared(num_perms=8, permute=True, training=True):
   """Batch-level Jigsaw, as in the authors' code: one subset for the batch.
 
   Apply AFTER batching (in a pipeline's batch spec), to patches
   [B, 9, p, p, C]. It draws `num_perms` distinct permutations once for the
-  whole batch and gives image [B, num_perms, 9, p, p, C] and label
-  [B, num_perms], permutations applied as in `jigsaw`. In evaluation the
+  whole batch; label [B, num_perms] repeats them for every example. With
+  `permute=True` the image is [B, num_perms, 9, p, p, C], permutations
+  applied as in `jigsaw`; with `permute=False` it stays [B, 9, p, p, C] and
+  `permute_patches(embeddings [B, 9, ...], label)` makes the copies. Labels
+  and the passed-on `_seed` do not depend on `permute`. In evaluation the
   subset is the same fixed one as `jigsaw`'s.
   """
-  perms, fixed = _jigsaw_setup(num_perms)
-  perms_tensor = tf.constant(perms)
+  perms, fixed = _jigsaw_setup(num_perms, permute)
 
   def jigsaw_shared(features):
     patches = get_image(features, ranks=(5,))
     _check_patches(patches, perms.shape[1], 5)
     features, index = _jigsaw_indices(features, perms, fixed, num_perms,
                                       training)
-    out = tf.gather(patches, tf.gather(perms_tensor, index), axis=1)
     label = tf.tile(index[None], [tf.shape(patches)[0], 1])
+    out = permute_patches(patches, label, perms) if permute else patches
     return _with_pretext(features, out, label)
 
   return jigsaw_shared
 
 
 @register("relative_patch_location")
-def get_relative_patch_location():
-  """All 8 (neighbour, centre) pairs of a 3x3 grid of patches.
+def get_relative_patch_location(pairs=True):
+  """Relative Patch Location: the 8 (neighbour, centre) pairs of 9 patches.
 
-  Input [9, p, p, C] (row-major, from `crop_patches(3, ...)`). Output image
-  [8, 2, p, p, C] where pair l is (patch NEIGHBOURS[l], centre patch 4), and
-  label [8] = 0..7: the neighbours in row-major order skipping the centre,
-  i.e. top-left, top, top-right, left, right, bottom-left, bottom,
-  bottom-right (offsets in RELATIVE_POSITIONS).
+  Input [9, p, p, C] (row-major, from `crop_patches(3, ...)`). label [8] =
+  0..7: the neighbours in row-major order skipping the centre, i.e.
+  top-left, top, top-right, left, right, bottom-left, bottom, bottom-right
+  (offsets in RELATIVE_POSITIONS). With `pairs=True` the image is
+  [8, 2, p, p, C], pair l being (patch NEIGHBOURS[l], centre patch 4). With
+  `pairs=False` the image is the input [9, p, p, C], untouched, and the model
+  pairs the embeddings with `pair_patches(embeddings)`, as the authors' code
+  did: each patch goes through the backbone once, where the pairs send the
+  centre 8 times (which also gives it 8x the weight in batch-norm statistics;
+  the labels and pairs are otherwise the same).
   """
+  _check_flag("pairs", pairs)
 
   def relative_patch_location(features):
     patches = get_image(features, ranks=(4,))
     _check_patches(patches, 9, 4)
-    neighbours = tf.gather(patches, NEIGHBOURS)
-    centre = tf.repeat(patches[4:5], len(NEIGHBOURS), axis=0)
-    out = tf.stack([neighbours, centre], axis=1)
+    out = pair_patches(patches) if pairs else patches
     return _with_pretext(features, out,
                          tf.range(len(NEIGHBOURS), dtype=tf.int32))
 

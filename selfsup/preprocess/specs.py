@@ -17,6 +17,11 @@ Paper settings (supplementary, sections 1-2):
   The supplementary converts the crop before cutting patches (as did the
   authors' code); `gray_per_patch=True` converts each patch on its own, as
   the main text's wording suggests.
+  By default the pretext op keeps the 9 patches and emits only the labels
+  (`jigsaw(16, permute=False)`, `relative_patch_location(pairs=False)`): the
+  model runs the backbone once per patch and makes the copies from the
+  embeddings, as the authors' code did. `permute_images=True` (Jigsaw) and
+  `pair_images=True` (RPL) materialise the copies in the input pipeline.
 * Linear evaluation, Rotation/Exemplar/supervised: smaller side to 256, 224
   crop (random for training, central for evaluation), values in [-1, 1].
 * Patch representation (Jigsaw/RelPatchLoc): scale to 255x255, central
@@ -97,7 +102,8 @@ def supervised_specs(size=224):
 
 def patch_task_specs(task="jigsaw", crop=255, patch=64, resize=None,
                      gray_p=GRAY_P, gray_per_patch=False, num_perms=16,
-                     shared_perms=None):
+                     shared_perms=None, permute_images=False,
+                     pair_images=False):
   """Jigsaw or Relative Patch Location preprocessing.
 
   Args:
@@ -112,12 +118,21 @@ def patch_task_specs(task="jigsaw", crop=255, patch=64, resize=None,
     shared_perms: if set, reproduce the authors' code instead: no per-image
       permutations; the "batch" spec draws this many (8 in the code) for the
       whole batch.
+    permute_images: Jigsaw only. False: image [9, p, p, C] (batched
+      [B, 9, p, p, C]) and label [num_perms] (batched [B, num_perms]); the
+      model permutes the patch embeddings with
+      `pretext_ops.permute_patches`. True: image [num_perms, 9, p, p, C], the
+      permuted copies (16x the memory and backbone work).
+    pair_images: Relative Patch Location only. False: image [9, p, p, C] and
+      label [8] = 0..7; the model pairs embeddings with
+      `pretext_ops.pair_patches`. True: image [8, 2, p, p, C], the pairs.
 
   Returns:
     dict with "train", "eval" and "batch" specs.
 
   Raises:
-    ValueError: for an unknown task or a patch larger than its cell.
+    ValueError: for an unknown task, a patch larger than its cell, or an
+      option of the other patch task.
   """
   if task not in PATCH_TASKS:
     raise ValueError(f"task must be one of {PATCH_TASKS}, got {task!r}")
@@ -125,17 +140,26 @@ def patch_task_specs(task="jigsaw", crop=255, patch=64, resize=None,
   if not 0 < patch <= cell:
     raise ValueError(f"patch {patch} does not fit in the {cell}x{cell} cells "
                      f"of a {crop} crop split {GRID}x{GRID}")
-  if shared_perms is not None and task != "jigsaw":
-    raise ValueError("shared_perms only applies to jigsaw")
+  # Silently ignoring an option of the other task would hide a config error.
+  if task != "jigsaw" and (shared_perms is not None or permute_images):
+    raise ValueError(f"shared_perms and permute_images only apply to jigsaw, "
+                     f"got task {task!r} with shared_perms={shared_perms!r}, "
+                     f"permute_images={permute_images!r}")
+  if task != "relative_patch_location" and pair_images:
+    raise ValueError(f"pair_images only applies to relative_patch_location, "
+                     f"got task {task!r}")
   resize = resize or int(round(crop * 292 / 255))
   patches = f"crop_patches({GRID}, {cell - patch})"
   gray = f"to_gray({_num(gray_p)})" if gray_p else ""
+  permute = "" if permute_images else ", permute=False"
   if task == "relative_patch_location":
-    pretext, batch = "relative_patch_location", ""
+    pretext = ("relative_patch_location" if pair_images else
+               "relative_patch_location(pairs=False)")
+    batch = ""
   elif shared_perms is None:
-    pretext, batch = f"jigsaw({num_perms})", ""
+    pretext, batch = f"jigsaw({num_perms}{permute})", ""
   else:
-    pretext, batch = "", f"jigsaw_shared({shared_perms})"
+    pretext, batch = "", f"jigsaw_shared({shared_perms}{permute})"
   return {
       "train": _join("decode", f"resize({resize})", f"crop({crop})",
                      "" if gray_per_patch else gray, patches,
