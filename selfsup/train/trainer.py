@@ -79,8 +79,9 @@ class Trainer:
       raise ValueError(f"batch_size={cfg.batch_size} is larger than the "
                        f"{num_train} images of {source.name}:"
                        f"{cfg.train_split}.")
-    self.total_steps = int(cfg.train_steps or round(
-        cfg.epochs * self.steps_per_epoch))
+    # train_steps=0 exports the initialisation: the random-weights baseline.
+    self.total_steps = int(cfg.train_steps if cfg.train_steps is not None
+                           else round(cfg.epochs * self.steps_per_epoch))
     replicas = self.strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:
       raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over "
