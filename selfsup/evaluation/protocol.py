@@ -15,7 +15,9 @@ import gin
 import tensorflow as tf
 from absl import logging
 
-from selfsup.evaluation import extract, lbfgs
+from selfsup import data as data_lib
+from selfsup.evaluation import extract, lbfgs, sgd
+from selfsup.evaluation import features as features_lib
 from selfsup.train import export as export_lib
 from selfsup.train.experiment import build_source
 
@@ -75,10 +77,9 @@ def linear_eval(workdir, *, data_dir=None, protocol="lbfgs",
                       num_classes, workdir, fraction, batch_size, max_iter, l2,
                       max_features)
     else:
-      from selfsup.evaluation import sgd  # pylint: disable=g-import-not-at-top
-      result = sgd.run_protocol(
-          protocol, export_dir, source, layer, train_split, eval_split,
-          num_classes, info, l2=l2, **dict(sgd_kwargs or {}))
+      result = _sgd(protocol, export_dir, source, layer, train_split,
+                    eval_split, num_classes, info, workdir, fraction,
+                    batch_size, l2, max_features, dict(sgd_kwargs or {}))
     result.update(protocol=protocol, layer=layer, source=source.name,
                   train_split=train_split, eval_split=eval_split,
                   fraction=fraction, backbone=info["backbone"],
@@ -109,6 +110,51 @@ def _lbfgs(export_dir, source, layer, train_split, eval_split, num_classes,
           "export_seconds": export_seconds, "l2": fit.l2,
           "dim": int(train_x.shape[1]), "num_train": int(train_x.shape[0]),
           "num_eval": int(eval_x.shape[0]), "features": out_dir}
+
+
+def _sgd(protocol, export_dir, source, layer, train_split, eval_split,
+         num_classes, info, workdir, fraction, batch_size, l2, max_features,
+         kwargs):
+  """SGD linear (on the fly, with the paper's augmentation) or MLP heads.
+
+  `kwargs` go to `sgd.train_head` (epochs, decay_epochs, batch_size, ...)
+  plus `augment`: train through the frozen backbone on augmented images
+  (default for "sgd_linear", as in the supplementary) rather than on cached
+  features (default for "mlp").
+  """
+  head = "linear" if protocol == "sgd_linear" else "mlp"
+  augment = kwargs.pop("augment", head == "linear")
+  config = sgd.paper_config(head, patch_based=info["patch_based"])
+  config.update(kwargs)
+  seed = config.pop("seed", 0)
+  if augment:
+    backbone = export_lib.load_backbone(export_dir)
+    backbone.trainable = False
+    specs = info["eval_specs"]
+    train_data = data_lib.make_pipeline(
+        source, train_split, specs["train"], batch_size=config["batch_size"],
+        training=True, seed=seed, repeat=1)
+    eval_data = data_lib.make_pipeline(
+        source, eval_split, specs["eval"], batch_size=batch_size,
+        training=False)
+    result = sgd.train_head(head, train_data=train_data, eval_data=eval_data,
+                            num_classes=num_classes, l2=l2, backbone=backbone,
+                            endpoint=layer, seed=seed, **config)
+  else:
+    out_dir = extract.feature_dir(workdir, layer, source.name, fraction)
+    extract.export_features(export_dir, source, (train_split, eval_split),
+                            out_dir, endpoint=layer, batch_size=batch_size,
+                            max_features=max_features)
+    train_data = features_lib.dataset(out_dir, train_split,
+                                      config["batch_size"],
+                                      shuffle_buffer=10_000, seed=seed)
+    eval_data = features_lib.dataset(out_dir, eval_split, batch_size)
+    result = sgd.train_head(head, train_data=train_data, eval_data=eval_data,
+                            num_classes=num_classes, l2=l2, seed=seed,
+                            **config)
+  result.pop("model", None)
+  result["augment"] = bool(augment)
+  return result
 
 
 def _pretext_accuracy(workdir):
