@@ -1,0 +1,107 @@
+"""Feature extraction: adaptive pooling, patch averaging, export from a model."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import selfsup
+from selfsup.evaluation import extract, features
+
+
+def _numpy_adaptive_max(x, s):
+  n, h, w, c = x.shape
+  out = np.zeros((n, s, s, c), x.dtype)
+  for i in range(s):
+    for j in range(s):
+      y0, y1 = (i * h) // s, -(-(i + 1) * h // s)
+      x0, x1 = (j * w) // s, -(-(j + 1) * w // s)
+      out[:, i, j] = x[:, y0:y1, x0:x1].max(axis=(1, 2))
+  return out.reshape(n, -1)
+
+
+@pytest.mark.parametrize("shape, max_features, grid", [
+    ((2, 7, 7, 16), 9000, 7),     # 23x23 would fit: capped by the map
+    ((2, 14, 14, 256), 9000, 5),  # floor(sqrt(9000 / 256)) = 5
+    ((2, 9, 11, 1000), 9000, 3),
+    ((1, 4, 4, 2048), 9000, 2),
+    ((1, 3, 3, 10000), 9000, 1),  # more channels than the budget: global max
+])
+def test_adaptive_max_pool_matches_numpy(shape, max_features, grid):
+  x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+  got = extract.adaptive_max_pool(tf.constant(x), max_features).numpy()
+  assert got.shape == (shape[0], grid * grid * shape[-1])
+  np.testing.assert_allclose(got, _numpy_adaptive_max(x, grid))
+  if shape[-1] <= max_features:
+    assert got.shape[1] <= max_features
+
+
+def test_representation_averages_patches_and_pools_blocks():
+  backbone = selfsup.models.get("resnet50_v2", width=0.25, patch=True)
+  patches = np.random.default_rng(1).normal(size=(2, 9, 12, 12, 3)).astype(
+      np.float32)
+  rep = extract.representation(backbone, tf.constant(patches), "pre_logits")
+  singles = backbone(patches.reshape(18, 12, 12, 3), training=False)
+  want = singles["pre_logits"].numpy().reshape(2, 9, -1).mean(axis=1)
+  np.testing.assert_allclose(rep.numpy(), want, rtol=1e-5, atol=1e-5)
+  block = extract.representation(backbone, tf.constant(patches), "block2")
+  pooled = extract.adaptive_max_pool(singles["block2"]).numpy()
+  np.testing.assert_allclose(block.numpy(),
+                             pooled.reshape(2, 9, -1).mean(axis=1), rtol=1e-5,
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="endpoint='logits'"):
+    extract.representation(backbone, tf.constant(patches), "logits")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  """A tiny Rotation backbone exported by the trainer, without training."""
+  workdir = str(tmp_path_factory.mktemp("workdir"))
+  task = selfsup.tasks.get("rotation", backbone="resnet50_v2", width=0.25,
+                           image_size=16)
+  source = selfsup.data.get("digits", image_size=16)
+  config = selfsup.train.TrainConfig(batch_size=32, train_steps=0, seed=0)
+  trainer = selfsup.train.Trainer(task, source, workdir, config)
+  return trainer.export(), trainer.task.backbone, source
+
+
+def test_export_features_round_trip_and_resume(exported, tmp_path):
+  export_dir, backbone, source = exported
+  out = str(tmp_path / "feats")
+  metas = extract.export_features(export_dir, source, ("val",), out,
+                                  endpoint="pre_logits", batch_size=64,
+                                  shard_size=100)
+  assert metas["val"]["num_examples"] == source.num_examples("val")
+  x, y = extract.as_numpy(out, "val")
+  assert x.shape == (359, 128) and y.shape == (359,)
+  # The features are the exported backbone's, on the evaluation spec.
+  info = selfsup.train.load_info(export_dir)
+  fn = selfsup.preprocess.get(info["eval_specs"]["eval"], training=False)
+  first = [fn(e) for e in source.dataset("val", shuffle=False).take(3)]
+  images = tf.stack([f["image"] for f in first])
+  want = backbone(images, training=False)["pre_logits"].numpy()
+  np.testing.assert_allclose(x[:3], want, rtol=1e-4, atol=1e-4)
+  labels = [int(e["label"]) for e in source.dataset("val", shuffle=False)]
+  np.testing.assert_array_equal(y, labels)
+  # Running again reuses the complete split instead of recomputing it.
+  again = extract.export_features(export_dir, source, ("val",), out,
+                                  endpoint="pre_logits", batch_size=64,
+                                  shard_size=100)
+  assert again["val"]["shards"] == metas["val"]["shards"]
+
+
+def test_export_features_rejects_unknown_endpoint(exported, tmp_path):
+  export_dir, _, source = exported
+  with pytest.raises(ValueError, match="block7"):
+    extract.export_features(export_dir, source, ("val",), str(tmp_path),
+                            endpoint="block7")
+
+
+def test_corrupt_shard_is_named(exported, tmp_path):
+  export_dir, _, source = exported
+  out = str(tmp_path / "feats")
+  meta = extract.export_features(export_dir, source, ("val",), out,
+                                 endpoint="block4", shard_size=200)["val"]
+  shard = tmp_path / "feats" / meta["shards"][1]["file"]
+  data = shard.read_bytes()
+  shard.write_bytes(data[: len(data) // 2])
+  with pytest.raises(features.FeatureCacheError, match=shard.name):
+    extract.as_numpy(out, "val")
