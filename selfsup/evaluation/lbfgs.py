@@ -1,0 +1,354 @@
+"""Multinomial logistic regression on frozen features, fit with scipy L-BFGS.
+
+This is the paper's main linear evaluation (supplementary section 2): scipy's
+L-BFGS-B with its default parameters, at most 800 iterations, minimising
+
+  f(W, b) = 1/N * sum_i CE(softmax(x_i W + b), y_i) + lambda * ||W||_2^2
+
+with W of shape [M, C] (M = feature size, C = classes), the bias b not
+penalised, and lambda = 100 / (M * C) by default. The data term is the MEAN
+cross-entropy over the N training examples, not the sum.
+
+scikit-learn's `LogisticRegression(solver="lbfgs")` (1.9) minimises
+C * sum_i CE_i + 0.5 * ||W||^2 (it divides by C * N internally), with the
+intercept left out of the penalty for lbfgs, and fits a multinomial model for
+three or more classes. So the same problem is `C = 1 / (2 * lambda * N)`;
+`sklearn_equivalent_c` computes it.
+
+Loss and gradient run in TensorFlow, float32 per batch with float64
+accumulation across batches (float32 sums over a million examples would add
+noise that L-BFGS's line search notices), and go to scipy as float64. Under a
+`tf.distribute` strategy each replica holds a contiguous slice of the
+features on its device and the partial sums are all-reduced, so features
+larger than one device's memory fit across several; scipy runs on the host.
+The replicas' shards may differ in size and sums are float64, so this suits
+CPU and GPU strategies (Mirrored, MultiWorkerMirrored), not TPUStrategy.
+"""
+import dataclasses
+import time
+from typing import Any, Mapping, Optional
+
+from absl import logging
+import numpy as np
+import scipy.optimize
+import tensorflow as tf
+
+DEFAULT_MAX_ITER = 800
+DEFAULT_BATCH_SIZE = 4096
+# Rows per numpy chunk when checking or scoring features: bounds temporaries.
+_CHUNK_ROWS = 65536
+# TF's CPU kernels (Eigen) require tensor data aligned to this many bytes.
+_ALIGN = 64
+_ROW_ALIGN = 16
+
+
+def default_l2(dim: int, num_classes: int) -> float:
+  """The paper's penalty strength, lambda = 100 / (M * C)."""
+  return 100.0 / (dim * num_classes)
+
+
+def sklearn_equivalent_c(l2: float, num_examples: int) -> float:
+  """scikit-learn's C that poses the same problem as `l2` on N examples."""
+  return 1.0 / (2.0 * l2 * num_examples)
+
+
+@dataclasses.dataclass
+class LogisticRegressionResult:
+  """A fitted linear classifier and how the optimisation went.
+
+  Attributes:
+    weights: [M, C] float32.
+    bias: [C] float32.
+    objective: final value of the objective in the module docstring.
+    iterations: L-BFGS iterations run.
+    seconds: wall time of the optimisation (input checks and transfers
+      excluded).
+    converged: whether scipy reported convergence rather than stopping at
+      `max_iter` or on a failed line search.
+    l2: the lambda used.
+    message: scipy's termination message.
+    history: (seconds since start, objective) after each iteration.
+  """
+  weights: np.ndarray
+  bias: np.ndarray
+  objective: float
+  iterations: int
+  seconds: float
+  converged: bool
+  l2: float
+  message: str = ""
+  history: list = dataclasses.field(default_factory=list)
+
+
+def _check_features(x, name: str, dim: Optional[int] = None) -> np.ndarray:
+  """Returns `x` as float32 [N, M] (no copy if it already is), or raises."""
+  x = np.asarray(x)
+  if x.ndim != 2:
+    raise ValueError(f"{name} must be 2-D [examples, features], got shape "
+                     f"{x.shape}.")
+  if not np.issubdtype(x.dtype, np.floating):
+    raise ValueError(f"{name} must hold floating point values, got dtype "
+                     f"{x.dtype}.")
+  if x.shape[0] == 0 or x.shape[1] == 0:
+    raise ValueError(f"{name} must have at least one example and one feature, "
+                     f"got shape {x.shape}.")
+  if dim is not None and x.shape[1] != dim:
+    raise ValueError(f"{name} must have {dim} features (as the fitted model), "
+                     f"got shape {x.shape}.")
+  x = np.ascontiguousarray(x, dtype=np.float32)
+  # Chunked so that the boolean temporary stays small on ImageNet-size input.
+  for start in range(0, x.shape[0], _CHUNK_ROWS):
+    finite = np.isfinite(x[start:start + _CHUNK_ROWS]).all(axis=1)
+    if not finite.all():
+      row = start + int(np.argmin(finite))
+      raise ValueError(f"{name} must be finite; row {row} holds NaN or inf.")
+  return x
+
+
+def _check_labels(y, num_examples: int, num_classes: int, name: str):
+  """Returns `y` as int32 [N], or raises."""
+  y = np.asarray(y)
+  if y.shape != (num_examples,):
+    raise ValueError(f"{name} must have shape ({num_examples},) to match the "
+                     f"features, got {y.shape}.")
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"{name} must hold integers, got dtype {y.dtype}.")
+  low, high = int(y.min()), int(y.max())
+  if low < 0 or high >= num_classes:
+    raise ValueError(f"{name} must lie in [0, {num_classes}), got values in "
+                     f"[{low}, {high}].")
+  return y.astype(np.int32)
+
+
+def _replica_devices(strategy):
+  """One device per replica; the default strategy has no list of its own."""
+  try:
+    return list(strategy.extended.worker_devices)
+  except RuntimeError:
+    gpus = tf.config.list_logical_devices("GPU")
+    return [gpus[0].name if gpus else "/CPU:0"]
+
+
+def _aligned_empty(shape, dtype) -> np.ndarray:
+  """An uninitialised C-contiguous array whose data is _ALIGN-byte aligned."""
+  dtype = np.dtype(dtype)
+  nbytes = int(np.prod(shape)) * dtype.itemsize
+  buf = np.empty(nbytes + _ALIGN, np.uint8)
+  offset = (-buf.ctypes.data) % _ALIGN
+  return buf[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def _host_tensor(array: np.ndarray) -> tf.Tensor:
+  """A CPU tensor over `array`'s own memory, or over one aligned copy.
+
+  `tf.constant` would copy a 2 GB array twice on the way in. DLPack shares the
+  buffer instead, but TF's kernels abort on data that is not aligned to
+  _ALIGN bytes, and numpy's large arrays usually are not: those (and
+  read-only ones, which numpy will not export) are staged once.
+  """
+  if not (array.flags.c_contiguous and array.flags.writeable
+          and array.ctypes.data % _ALIGN == 0):
+    staged = _aligned_empty(array.shape, array.dtype)
+    staged[...] = array
+    array = staged
+  return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+
+
+def _distribute(strategy, array: np.ndarray):
+  """Places a contiguous slice of `array`'s rows on each replica's device.
+
+  On a CPU device an aligned input is used in place; on an accelerator each
+  slice is copied to the device once (staged on the host one slice at a time
+  if the input is not aligned).
+  """
+  devices = _replica_devices(strategy)
+  n = array.shape[0]
+  # Slices start at multiples of _ROW_ALIGN rows so that an aligned input
+  # gives aligned slices.
+  step = -(-n // (len(devices) * _ROW_ALIGN)) * _ROW_ALIGN
+  bounds = [min(i * step, n) for i in range(len(devices) + 1)]
+
+  def value_fn(ctx):
+    i = ctx.replica_id_in_sync_group
+    host = _host_tensor(array[bounds[i]:bounds[i + 1]])
+    with tf.device(devices[i]):
+      return tf.identity(host)
+
+  return strategy.experimental_distribute_values_from_function(value_fn)
+
+
+def _replica_sums(x, y, w, b, batch_size: int):
+  """Sum over this replica's examples of the loss and of its gradient."""
+  num_classes = w.shape[1]
+  n = tf.shape(x)[0]
+  loss = tf.zeros([], tf.float64)
+  grad_w = tf.zeros(w.shape, tf.float64)
+  grad_b = tf.zeros([num_classes], tf.float64)
+  for start in tf.range(0, n, batch_size):
+    xb = x[start:start + batch_size]
+    yb = y[start:start + batch_size]
+    log_p = tf.nn.log_softmax(tf.matmul(xb, w) + b)
+    loss += tf.cast(-tf.reduce_sum(tf.gather(log_p, yb, batch_dims=1)),
+                    tf.float64)
+    # d CE / d logits = softmax - one_hot: only [batch, C], never [N, C].
+    dlogits = tf.exp(log_p) - tf.one_hot(yb, num_classes, dtype=tf.float32)
+    grad_w += tf.cast(tf.matmul(xb, dlogits, transpose_a=True), tf.float64)
+    grad_b += tf.cast(tf.reduce_sum(dlogits, axis=0), tf.float64)
+  return loss, grad_w, grad_b
+
+
+class Objective:
+  """The objective and its gradient as scipy wants them.
+
+  Parameters are one float64 vector, theta = concat(W.ravel(), b). `x` must
+  be C-contiguous float32 [N, M] and `y` int32 [N] (`fit` checks and converts
+  its input); they are placed on the strategy's replicas at construction.
+  """
+
+  def __init__(self, x, y, num_classes: int, l2: float, *,
+               batch_size: int = DEFAULT_BATCH_SIZE, strategy=None):
+    self.num_examples, self.dim = x.shape
+    self.num_classes = num_classes
+    self.l2 = l2
+    strategy = strategy or tf.distribute.get_strategy()
+    self._strategy = strategy
+    self._x = _distribute(strategy, x)
+    self._y = _distribute(strategy, y)
+    with strategy.scope():
+      self._w = tf.Variable(tf.zeros([self.dim, num_classes]), trainable=False)
+      self._b = tf.Variable(tf.zeros([num_classes]), trainable=False)
+
+    @tf.function
+    def sums():
+      per_replica = strategy.run(
+          _replica_sums, args=(self._x, self._y, self._w, self._b, batch_size))
+      return [strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)
+              for t in per_replica]
+
+    self._sums = sums
+
+  @property
+  def shards(self):
+    """[(device, rows)] of the features held by each replica."""
+    return [(t.device, int(t.shape[0]))
+            for t in self._strategy.experimental_local_results(self._x)]
+
+  @property
+  def size(self) -> int:
+    return self.dim * self.num_classes + self.num_classes
+
+  def unpack(self, theta: np.ndarray):
+    split = self.dim * self.num_classes
+    return (theta[:split].reshape(self.dim, self.num_classes),
+            theta[split:])
+
+  def __call__(self, theta: np.ndarray):
+    w, b = self.unpack(theta)
+    self._w.assign(w.astype(np.float32))
+    self._b.assign(b.astype(np.float32))
+    loss, grad_w, grad_b = (t.numpy() for t in self._sums())
+    inv_n = 1.0 / self.num_examples
+    # The penalty is computed on the host in float64, from scipy's own theta.
+    flat_w = theta[:w.size]
+    value = loss * inv_n + self.l2 * float(np.dot(flat_w, flat_w))
+    grad = np.concatenate([(grad_w * inv_n + 2.0 * self.l2 * w).ravel(),
+                           grad_b * inv_n])
+    return float(value), grad
+
+
+def fit(train_x, train_y, num_classes: int, *, l2: Optional[float] = None,
+        max_iter: int = DEFAULT_MAX_ITER, batch_size: int = DEFAULT_BATCH_SIZE,
+        strategy: Optional[tf.distribute.Strategy] = None,
+        verbose: bool = False,
+        scipy_options: Optional[Mapping[str, Any]] = None
+        ) -> LogisticRegressionResult:
+  """Fits multinomial logistic regression with L-BFGS, starting from zero.
+
+  Args:
+    train_x: [N, M] features; float32 is used as is, other float dtypes are
+      converted (a copy). Must be finite.
+    train_y: [N] integer labels in [0, num_classes).
+    num_classes: C, at least 2.
+    l2: lambda of the penalty lambda * ||W||^2; default 100 / (M * C).
+    max_iter: L-BFGS iterations at most (the paper's 800).
+    batch_size: examples per matrix product inside one evaluation; bounds the
+      [batch, C] temporaries, not the result.
+    strategy: a `tf.distribute.Strategy` whose replicas each hold a slice of
+      the features; default: the current strategy.
+    verbose: log objective and gradient norm at every iteration.
+    scipy_options: overrides of scipy's L-BFGS-B options (e.g. `gtol`,
+      `ftol`, `maxcor`); the paper used the defaults.
+
+  Returns:
+    A `LogisticRegressionResult`.
+
+  Raises:
+    ValueError: on empty, misshaped or non-finite input, labels out of range,
+      or a non-positive setting.
+  """
+  if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+    raise ValueError(f"num_classes must be an integer >= 2, got "
+                     f"{num_classes!r}.")
+  x = _check_features(train_x, "train_x")
+  y = _check_labels(train_y, x.shape[0], int(num_classes), "train_y")
+  l2 = default_l2(x.shape[1], num_classes) if l2 is None else float(l2)
+  if not np.isfinite(l2) or l2 < 0:
+    raise ValueError(f"l2 must be finite and >= 0, got {l2}.")
+  if max_iter < 1 or batch_size < 1:
+    raise ValueError(f"max_iter and batch_size must be >= 1, got "
+                     f"max_iter={max_iter}, batch_size={batch_size}.")
+
+  objective = Objective(x, y, int(num_classes), l2, batch_size=batch_size,
+                        strategy=strategy)
+  history = []
+  start = time.perf_counter()
+
+  def callback(intermediate_result):
+    history.append((time.perf_counter() - start,
+                    float(intermediate_result.fun)))
+    if verbose:
+      logging.info("L-BFGS iteration %d: objective %.8g (%.1fs)",
+                   len(history), history[-1][1], history[-1][0])
+
+  options = {"maxiter": int(max_iter), **(scipy_options or {})}
+  res = scipy.optimize.minimize(
+      objective, np.zeros(objective.size), jac=True, method="L-BFGS-B",
+      callback=callback, options=options)
+  seconds = time.perf_counter() - start
+  w, b = objective.unpack(res.x)
+  message = res.message if isinstance(res.message, str) else str(res.message)
+  if verbose:
+    logging.info("L-BFGS done after %d iterations, %.1fs: objective %.8g, %s",
+                 res.nit, seconds, res.fun, message)
+  return LogisticRegressionResult(
+      weights=w.astype(np.float32), bias=b.astype(np.float32),
+      objective=float(res.fun), iterations=int(res.nit), seconds=seconds,
+      converged=bool(res.success), l2=l2, message=message, history=history)
+
+
+def predict_logits(result: LogisticRegressionResult, x) -> np.ndarray:
+  """[N, C] float32 logits x W + b."""
+  x = _check_features(x, "x", dim=result.weights.shape[0])
+  return x @ result.weights + result.bias
+
+
+def evaluate(result: LogisticRegressionResult, x, y) -> dict:
+  """Top-1 and top-5 accuracy (fractions in [0, 1]) of `result` on (x, y).
+
+  A label counts as within the top k when fewer than k classes score strictly
+  higher, so ties are resolved in the model's favour, as `tf.math.in_top_k`
+  does.
+  """
+  num_classes = result.weights.shape[1]
+  x = _check_features(x, "x", dim=result.weights.shape[0])
+  y = _check_labels(y, x.shape[0], num_classes, "y")
+  correct = {1: 0, 5: 0}
+  for start in range(0, x.shape[0], _CHUNK_ROWS):
+    logits = x[start:start + _CHUNK_ROWS] @ result.weights + result.bias
+    yb = y[start:start + _CHUNK_ROWS]
+    true_logit = logits[np.arange(len(yb)), yb][:, None]
+    rank = (logits > true_logit).sum(axis=1)
+    for k in correct:
+      correct[k] += int((rank < k).sum())
+  n = x.shape[0]
+  return dict(top1=correct[1] / n, top5=correct[5] / n, num_examples=n)

@@ -1,0 +1,226 @@
+"""Tests for selfsup.evaluation.lbfgs."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from selfsup.evaluation import lbfgs
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _reference(x, y, w, b, l2):
+  """Objective and gradient in float64 numpy, straight from the formula."""
+  x = x.astype(np.float64)
+  logits = x @ w + b
+  logits -= logits.max(axis=1, keepdims=True)
+  log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+  n = len(y)
+  value = -log_p[np.arange(n), y].mean() + l2 * np.sum(w * w)
+  dlogits = np.exp(log_p)
+  dlogits[np.arange(n), y] -= 1.0
+  return value, x.T @ dlogits / n + 2 * l2 * w, dlogits.sum(axis=0) / n
+
+
+def _blobs(n, dim, classes, seed, separation=1.5, draw=0):
+  """Gaussian classes with random means: a well-conditioned problem.
+
+  `seed` picks the class means, `draw` the examples drawn around them.
+  """
+  means = np.random.default_rng(seed).normal(size=(classes, dim))
+  means *= separation / np.sqrt(dim)
+  rng = np.random.default_rng([seed, draw])
+  y = rng.integers(0, classes, size=n)
+  x = means[y] + rng.normal(size=(n, dim)) / np.sqrt(dim)
+  return (x * 3).astype(np.float32), y
+
+
+def _softmax(z):
+  z = z - z.max(axis=1, keepdims=True)
+  return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
+
+def test_reference_gradient_matches_finite_differences():
+  x, y = _blobs(13, 4, 3, seed=0)
+  rng = np.random.default_rng(1)
+  w, b = rng.normal(size=(4, 3)), rng.normal(size=3)
+  _, grad_w, grad_b = _reference(x, y, w, b, 0.3)
+  eps = 1e-6
+  for i in np.ndindex(w.shape):
+    d = np.zeros_like(w)
+    d[i] = eps
+    numeric = (_reference(x, y, w + d, b, 0.3)[0]
+               - _reference(x, y, w - d, b, 0.3)[0]) / (2 * eps)
+    assert numeric == pytest.approx(grad_w[i], abs=1e-7)
+  for j in range(3):
+    d = np.zeros(3)
+    d[j] = eps
+    numeric = (_reference(x, y, w, b + d, 0.3)[0]
+               - _reference(x, y, w, b - d, 0.3)[0]) / (2 * eps)
+    assert numeric == pytest.approx(grad_b[j], abs=1e-7)
+
+
+def test_objective_matches_reference_and_finite_differences():
+  # 13 examples in batches of 5: two full batches and a partial one.
+  x, y = _blobs(13, 4, 3, seed=0)
+  objective = lbfgs.Objective(x, y.astype(np.int32), 3, 0.3, batch_size=5)
+  rng = np.random.default_rng(2)
+  theta = rng.normal(size=objective.size)
+  value, grad = objective(theta)
+  w, b = objective.unpack(theta)
+  ref_value, ref_w, ref_b = _reference(x, y, w, b, 0.3)
+  assert value == pytest.approx(ref_value, rel=1e-6)
+  np.testing.assert_allclose(grad, np.concatenate([ref_w.ravel(), ref_b]),
+                             rtol=1e-5, atol=1e-6)
+  assert grad.dtype == np.float64
+  eps = 1e-2  # float32 data term: a large step keeps the rounding noise small
+  for k in range(objective.size):
+    d = np.zeros_like(theta)
+    d[k] = eps
+    numeric = (objective(theta + d)[0] - objective(theta - d)[0]) / (2 * eps)
+    assert numeric == pytest.approx(grad[k], abs=1e-3)
+
+
+def test_default_l2_and_sklearn_c():
+  assert lbfgs.default_l2(2048, 1000) == pytest.approx(100.0 / 2048000)
+  assert lbfgs.sklearn_equivalent_c(0.25, 100) == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("l2", [None, 1e-3])
+def test_agrees_with_sklearn(l2):
+  # Overlapping classes (~85% top-1) so that accuracy can tell them apart.
+  x, y = _blobs(600, 20, 5, seed=3, separation=0.5)
+  test_x, test_y = _blobs(400, 20, 5, seed=3, separation=0.5, draw=1)
+  ours = lbfgs.fit(x, y, 5, l2=l2, batch_size=256,
+                   scipy_options=dict(ftol=1e-14, gtol=1e-9))
+  c = lbfgs.sklearn_equivalent_c(ours.l2, len(y))
+  theirs = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(x, y)
+  # sklearn 1.9 is multinomial for 3+ classes: probabilities are the softmax
+  # of its decision function (one-vs-rest would normalise sigmoids instead).
+  np.testing.assert_allclose(theirs.predict_proba(x),
+                             _softmax(theirs.decision_function(x)), atol=1e-9)
+
+  ref_ours = _reference(x, y, ours.weights, ours.bias, ours.l2)[0]
+  ref_theirs = _reference(x, y, theirs.coef_.T, theirs.intercept_, ours.l2)[0]
+  assert ref_ours == pytest.approx(ref_theirs, rel=1e-5)
+  assert ours.objective == pytest.approx(ref_ours, rel=1e-5)
+  np.testing.assert_allclose(ours.weights, theirs.coef_.T, atol=2e-3)
+  # The bias is unique only up to a shift common to all classes.
+  np.testing.assert_allclose(ours.bias - ours.bias.mean(),
+                             theirs.intercept_ - theirs.intercept_.mean(),
+                             atol=2e-3)
+  for xs, ys in [(x, y), (test_x, test_y)]:
+    top1 = lbfgs.evaluate(ours, xs, ys)["top1"]
+    assert top1 == pytest.approx(theirs.score(xs, ys), abs=0.005)
+  assert ours.iterations > 1 and ours.seconds > 0
+  assert len(ours.history) == ours.iterations
+
+
+def test_max_iter_stops_early():
+  x, y = _blobs(600, 20, 5, seed=3)
+  result = lbfgs.fit(x, y, 5, l2=1e-3, max_iter=2)
+  assert result.iterations == 2
+  assert not result.converged
+  assert result.weights.shape == (20, 5) and result.weights.dtype == np.float32
+  assert result.bias.shape == (5,) and result.bias.dtype == np.float32
+
+
+def test_float64_input_gives_the_float32_result():
+  x, y = _blobs(200, 8, 3, seed=4)
+  a = lbfgs.fit(x, y, 3)
+  b = lbfgs.fit(x.astype(np.float64), y.astype(np.int64), 3)
+  np.testing.assert_allclose(a.weights, b.weights, atol=1e-6)
+  assert a.objective == pytest.approx(b.objective, rel=1e-9)
+
+
+def test_evaluate_top1_top5_and_logits():
+  # Feature i scores class i; ties count in the model's favour.
+  result = lbfgs.LogisticRegressionResult(
+      weights=np.eye(6, dtype=np.float32), bias=np.zeros(6, np.float32),
+      objective=0.0, iterations=0, seconds=0.0, converged=True, l2=0.0)
+  x = np.array([[0, 0, 0, 0, 0, 1],      # label 5: top1
+                [6, 5, 4, 3, 2, 1],      # label 4: rank 4 -> top5 only
+                [6, 5, 4, 3, 2, 1],      # label 5: rank 5 -> neither
+                [1, 1, 1, 1, 1, 1]],     # label 2: all tied -> top1
+               np.float32)
+  y = np.array([5, 4, 5, 2])
+  np.testing.assert_array_equal(lbfgs.predict_logits(result, x), x)
+  metrics = lbfgs.evaluate(result, x, y)
+  assert metrics == dict(top1=0.5, top5=0.75, num_examples=4)
+
+
+_X, _Y = _blobs(30, 4, 3, seed=5)
+_NAN = _X.copy()
+_NAN[3, 1] = np.nan
+
+
+@pytest.mark.parametrize("x,y,classes,kwargs,match", [
+    (_X[0], _Y, 3, {}, "train_x must be 2-D"),
+    (_X.astype(np.int32), _Y, 3, {}, "train_x must hold floating"),
+    (_X[:0], _Y[:0], 3, {}, "train_x must have at least one example"),
+    (_NAN, _Y, 3, {}, "train_x must be finite; row 3"),
+    (_X, _Y[:-1], 3, {}, r"train_y must have shape \(30,\)"),
+    (_X, _Y.astype(np.float32), 3, {}, "train_y must hold integers"),
+    (_X, _Y + 1, 3, {},
+     r"train_y must lie in \[0, 3\), got values in \[1, 3\]"),
+    (_X, _Y - 1, 3, {}, r"train_y must lie in \[0, 3\)"),
+    (_X, _Y, 1, {}, "num_classes must be an integer >= 2"),
+    (_X, _Y, 3, dict(l2=-1.0), "l2 must be finite and >= 0"),
+    (_X, _Y, 3, dict(batch_size=0), "batch_size"),
+])
+def test_fit_rejects_bad_input(x, y, classes, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    lbfgs.fit(x, y, classes, **kwargs)
+
+
+def test_evaluate_rejects_bad_input():
+  result = lbfgs.fit(_X, _Y, 3, max_iter=1)
+  with pytest.raises(ValueError, match="x must have 4 features"):
+    lbfgs.evaluate(result, _X[:, :3], _Y)
+  with pytest.raises(ValueError, match=r"y must lie in \[0, 3\)"):
+    lbfgs.evaluate(result, _X, _Y + 3)
+
+
+# Logical devices must be set before TF initialises, hence a fresh process.
+_STRATEGY_SCRIPT = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from selfsup.evaluation import lbfgs
+rng = np.random.default_rng(0)
+means = rng.normal(size=(3, 7))
+y = rng.integers(0, 3, size=101)  # odd: the replicas get unequal shares
+x = (means[y] + rng.normal(size=(101, 7))).astype(np.float32)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+objective = lbfgs.Objective(x, y.astype(np.int32), 3, 0.01, batch_size=16,
+                            strategy=strategy)
+single = lbfgs.fit(x, y, 3, l2=0.01, batch_size=16)
+mirrored = lbfgs.fit(x, y, 3, l2=0.01, batch_size=16, strategy=strategy)
+print(json.dumps(dict(
+    shards=objective.shards,
+    single=[single.objective, single.weights.tolist(), single.bias.tolist()],
+    mirrored=[mirrored.objective, mirrored.weights.tolist(),
+              mirrored.bias.tolist()])))
+"""
+
+
+def test_mirrored_strategy_matches_default_strategy():
+  env = dict(os.environ, PYTHONPATH=_REPO, TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run([sys.executable, "-c", _STRATEGY_SCRIPT], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  devices = [device for device, _ in out["shards"]]
+  assert devices[0].endswith("CPU:0") and devices[1].endswith("CPU:1")
+  assert [rows for _, rows in out["shards"]] == [64, 37]
+  single, mirrored = out["single"], out["mirrored"]
+  assert mirrored[0] == pytest.approx(single[0], rel=1e-6)
+  np.testing.assert_allclose(mirrored[1], single[1], atol=1e-4)
+  np.testing.assert_allclose(mirrored[2], single[2], atol=1e-4)
