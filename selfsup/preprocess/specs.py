@@ -79,12 +79,13 @@ def exemplar_specs(size=224, copies=8, gray_p=0.0):
   """
   augment = _join(f"inception_crop({size})", "flip_lr", "color_distort",
                   _TO_RANGE)
-  view = _join(f"resize_small({_eval_resize(size)})", f"central_crop({size})",
-               _TO_RANGE)
   gray = f"to_gray({_num(gray_p)})" if gray_p else ""
+  # The pretext is only a task with distinct views: evaluation keeps the
+  # augmentation (training=True), made repeatable by the pipeline's seed.
   return {
       "train": _join("decode", gray, f'exemplar({copies}, spec="{augment}")'),
-      "eval": _join("decode", f'exemplar({copies}, spec="{view}")'),
+      "eval": _join("decode",
+                    f'exemplar({copies}, spec="{augment}", training=True)'),
       "batch": "",
   }
 
