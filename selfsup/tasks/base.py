@@ -44,6 +44,7 @@ class Task:
     specs_lib.check(self.specs)
     self.backbone = None
     self.head = None
+    self.metric_names = None  # the keys of `step`'s metrics, once built
 
   def _spec_kwargs(self, kwargs):
     kwargs.setdefault("size", self.image_size)
@@ -63,7 +64,8 @@ class Task:
     """Creates the backbone (and head). Call inside the strategy scope."""
     self._build(sync_batch_norm)
     dummy = self.dummy_batch(2)
-    self.step(dummy, training=False)  # creates every variable
+    _, metrics = self.step(dummy, training=False)  # creates every variable
+    self.metric_names = tuple(sorted(metrics))
     return self
 
   def _build(self, sync_batch_norm):

@@ -5,7 +5,15 @@
 so a run killed mid-save restarts from the previous one. Restoring checks that
 every saved variable matched one of ours, so a checkpoint of another model is
 refused rather than half-loaded.
+
+With several workers (MultiWorkerMirroredStrategy) every worker must save,
+since a save may need the other workers, but only the chief writes to the
+real directory; the others write to a temporary one of their own, as the
+tf.distribute guide prescribes. Every worker restores from the real one.
 """
+import shutil
+import tempfile
+
 import tensorflow as tf
 from absl import logging
 
@@ -19,27 +27,37 @@ class Manager:
     step: the step variable (the optimizer's `iterations`).
     iterator: the input iterator, or None. Saving it lets a resumed run read
       the same examples as an uninterrupted one; it stores the shuffle buffer.
+    chief: False on the other workers of a multi-worker run: they save to
+      a temporary directory (deleted when the manager is).
     **objects: trackables to save (optimizer, backbone, head, ...).
   """
 
   def __init__(self, directory, max_to_keep, *, step, iterator=None,
-               **objects):
+               chief=True, **objects):
     self.directory = directory
     items = dict(objects, step=step)
     if iterator is not None:
       items["iterator"] = iterator
     self._checkpoint = tf.train.Checkpoint(**items)
+    self._scratch = None
+    if not chief:
+      self._scratch = tempfile.mkdtemp(prefix="selfsup_worker_checkpoints_")
     self._manager = tf.train.CheckpointManager(
-        self._checkpoint, directory, max_to_keep=max_to_keep,
-        step_counter=step)
+        self._checkpoint, self._scratch or directory,
+        max_to_keep=1 if self._scratch else max_to_keep, step_counter=step)
+
+  def __del__(self):
+    if getattr(self, "_scratch", None):
+      shutil.rmtree(self._scratch, ignore_errors=True)
 
   @property
   def latest(self):
-    return self._manager.latest_checkpoint
+    """The latest whole checkpoint of the run (the chief's), or None."""
+    return tf.train.latest_checkpoint(self.directory)
 
   def restore_latest(self):
     """Restores the latest whole checkpoint; returns its path or None."""
-    path = self._manager.latest_checkpoint
+    path = self.latest
     if not path:
       return None
     status = self._checkpoint.restore(path)

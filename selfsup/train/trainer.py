@@ -30,6 +30,10 @@ class TrainConfig:
 
   `train_steps`, if set, overrides `epochs`. `batch_size` is global and counts
   source images (a Rotation batch of 1024 holds 4096 rotated copies).
+  `checkpoint_input` saves the input pipeline's position with each checkpoint
+  on one worker (the default strategy, MirroredStrategy); tf.distribute's
+  multi-worker and TPU iterators cannot be saved, so a run resumed there
+  restarts its input (a warning says so). `jit_compile` needs one replica.
   """
   batch_size: int = 1024
   epochs: float = 35
@@ -86,10 +90,21 @@ class Trainer:
     if cfg.batch_size % replicas:
       raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over "
                        f"the {replicas} replicas.")
+    if cfg.jit_compile and replicas > 1 and not _is_tpu(self.strategy):
+      raise ValueError(
+          f"jit_compile=True needs one replica, got {replicas}: the XLA-"
+          "compiled step cannot hold the cross-replica all-reduce of the "
+          "synchronised batch norm. (On TPU every step is compiled anyway.)")
 
     with self.strategy.scope(), precision.dtype_policy(
         "mixed_bfloat16" if cfg.mixed_precision else "float32"):
       task.build(sync_batch_norm=replicas > 1)
+      # The names of the logs, known before tracing: a loop accumulator that
+      # starts undefined makes autograph trace the whole step twice.
+      metrics = getattr(task, "metric_names", None)
+      if metrics is None:  # a subclass with its own `build`
+        _, metrics = task.step(task.dummy_batch(2), training=False)
+      self._log_names = sorted(set(metrics) | {"loss", "total_loss"})
       self.schedule = WarmupStepDecay(
           cfg.base_lr, cfg.batch_size, self.steps_per_epoch,
           cfg.warmup_epochs, cfg.decay_epochs)
@@ -99,17 +114,24 @@ class Trainer:
       # mirrored like the variables they follow.
       self.optimizer.build(task.trainable_variables)
     self.input_seed = _input_seed(workdir, cfg.seed)
-    self._dataset = self.strategy.distribute_datasets_from_function(
-        self._train_input)
-    self._iterator = iter(self._dataset)
+    self._iterator, self._next_batch, trackable = self._make_input()
+    if cfg.checkpoint_input and not trackable:
+      logging.warning(
+          "checkpoint_input=True, but the input of %s cannot be checkpointed "
+          "(tf.distribute's iterators are not trackable): a resumed run "
+          "restarts its input pipeline.", type(self.strategy).__name__)
+    self.is_chief = _is_chief(self.strategy)
     self.checkpoint = checkpoints.Manager(
         os.path.join(workdir, "checkpoints"), cfg.max_checkpoints,
         step=self.optimizer.iterations, optimizer=self.optimizer,
-        iterator=self._iterator if cfg.checkpoint_input else None,
-        **task.modules)
+        iterator=self._iterator if cfg.checkpoint_input and trackable
+        else None, chief=self.is_chief, **task.modules)
     self._train_loop = tf.function(self._loop)
-    self._grads = tf.function(self._compute_grads,
-                              jit_compile=cfg.jit_compile)
+    # A nested tf.function cannot hold a synchronisation point (the sync-BN
+    # all-reduce); only the one-replica XLA step is compiled on its own.
+    self._grads = (tf.function(self._compute_grads, jit_compile=True)
+                   if cfg.jit_compile and replicas == 1
+                   else self._compute_grads)
 
   @property
   def step(self):
@@ -122,6 +144,35 @@ class Trainer:
         batch_size=cfg.batch_size, training=True, seed=self.input_seed,
         input_context=input_context, batch_spec=self.task.specs["batch"] or
         None, shuffle_buffer=cfg.shuffle_buffer, cache=cfg.cache)
+
+  def _make_input(self):
+    """The training iterator, the function that takes one step's input from
+    it, and whether the iterator can be checkpointed.
+
+    On one worker (the default strategy, MirroredStrategy) the trainer reads a
+    plain tf.data iterator of per-replica batches and hands consecutive
+    batches to the replicas, as tf.distribute's iterator does: the replicas
+    together see exactly the batch one device would, and a plain iterator can
+    be checkpointed, where tf.distribute's iterators cannot. Several workers
+    and TPUs read through `distribute_datasets_from_function`.
+    """
+    strategy = self.strategy
+    replicas = strategy.num_replicas_in_sync
+    if _is_tpu(strategy) or _local_replicas(strategy) != replicas:
+      dataset = strategy.distribute_datasets_from_function(self._train_input)
+      return iter(dataset), next, False
+    iterator = iter(self._train_input(tf.distribute.InputContext(
+        num_input_pipelines=1, input_pipeline_id=0,
+        num_replicas_in_sync=replicas)))
+    if replicas == 1:
+      return iterator, next, True
+
+    def next_batch(it):
+      batches = [next(it) for _ in range(replicas)]
+      return strategy.experimental_distribute_values_from_function(
+          lambda context: batches[context.replica_id_in_sync_group])
+
+    return iterator, next_batch, True
 
   def _compute_grads(self, batch):
     task = self.task
@@ -140,13 +191,13 @@ class Trainer:
     return logs
 
   def _loop(self, iterator, steps):
-    sums = None
+    sums = {k: tf.constant(0.0) for k in self._log_names}
     for _ in tf.range(steps):
-      logs = self.strategy.run(self._replica_step, args=(next(iterator),))
-      logs = {k: self.strategy.reduce("MEAN", v, axis=None)
-              for k, v in logs.items()}
-      sums = logs if sums is None else {k: sums[k] + logs[k] for k in logs}
-    return {k: v / tf.cast(steps, v.dtype) for k, v in sums.items()}
+      logs = self.strategy.run(self._replica_step,
+                               args=(self._next_batch(iterator),))
+      sums = {k: sums[k] + tf.cast(self.strategy.reduce(
+          "MEAN", logs[k], axis=None), tf.float32) for k in sums}
+    return {k: v / tf.cast(steps, tf.float32) for k, v in sums.items()}
 
   def train(self, max_steps=None):
     """Trains to `total_steps` (or `max_steps`), resuming if possible.
@@ -157,8 +208,12 @@ class Trainer:
     restored = self.checkpoint.restore_latest()
     if restored:
       logging.info("Resumed from %s at step %d.", restored, self.step)
-    end = min(self.total_steps, max_steps or self.total_steps)
-    writer = tf.summary.create_file_writer(os.path.join(self.workdir, "train"))
+    end = self.total_steps if max_steps is None else min(
+        self.total_steps, max_steps)
+    # One worker writes the summaries (they are the same on every worker).
+    writer = (tf.summary.create_file_writer(os.path.join(self.workdir,
+                                                         "train"))
+              if self.is_chief else tf.summary.create_noop_writer())
     logs, start_step, start_time = {}, self.step, time.time()
     while self.step < end:
       steps = min(cfg.steps_per_loop, end - self.step,
@@ -219,9 +274,36 @@ class Trainer:
     return {k: v / count for k, v in totals.items()}
 
   def export(self):
-    """Writes the backbone as .keras and SavedModel under workdir/export."""
+    """Writes the backbone as .keras and SavedModel under workdir/export;
+    returns that directory. Only the chief writes: other workers of a
+    multi-worker run return None."""
+    if not self.is_chief:
+      return None
     return export.export_backbone(self.task, self.workdir, step=self.step)
 
+
+def _is_tpu(strategy):
+  return isinstance(strategy, (tf.distribute.TPUStrategy,
+                               tf.distribute.experimental.TPUStrategy))
+
+
+def _is_chief(strategy):
+  """Whether this process writes the run's files (always, on one worker)."""
+  resolver = strategy.cluster_resolver
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True
+  if resolver.task_type in (None, "chief"):
+    return True
+  return (resolver.task_type == "worker" and resolver.task_id == 0
+          and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def _local_replicas(strategy):
+  """Replicas on this worker."""
+  try:
+    return len(strategy.extended.worker_devices)
+  except RuntimeError:  # the default strategy has no worker_devices
+    return 1
 
 
 def _input_seed(workdir, seed):
