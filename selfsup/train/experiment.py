@@ -69,9 +69,11 @@ def prepare(workdir, *, data_dir=None, tpu=None, strategy_kind="auto"):
   task = build_task()
   strategy = make_strategy(strategy_kind, tpu=tpu)
   tf.io.gfile.makedirs(workdir)
-  _write(os.path.join(workdir, "config.gin"), gin.config_str())
-  return Trainer(task, source, workdir, ConfiguredTrainConfig(),
-                 strategy=strategy)
+  trainer = Trainer(task, source, workdir, ConfiguredTrainConfig(),
+                    strategy=strategy)
+  if trainer.is_chief:
+    _write(os.path.join(workdir, "config.gin"), gin.config_str())
+  return trainer
 
 
 def run(trainer, pretext_eval_batches=10):
@@ -97,8 +99,9 @@ def run(trainer, pretext_eval_batches=10):
         eval_split, num_batches=pretext_eval_batches)
   results["export"] = trainer.export()
   results["step"] = trainer.step
-  _write(os.path.join(workdir, "operative_config.gin"),
-         gin.operative_config_str())
-  _write(os.path.join(workdir, "pretrain_results.json"),
-         json.dumps(results, indent=2))
+  if trainer.is_chief:  # the other workers of a multi-worker run write nothing
+    _write(os.path.join(workdir, "operative_config.gin"),
+           gin.operative_config_str())
+    _write(os.path.join(workdir, "pretrain_results.json"),
+           json.dumps(results, indent=2))
   return results

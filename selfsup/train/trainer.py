@@ -113,14 +113,14 @@ class Trainer:
       # Built in the scope before the first step, so that its slots are
       # mirrored like the variables they follow.
       self.optimizer.build(task.trainable_variables)
-    self.input_seed = _input_seed(workdir, cfg.seed)
+    self.is_chief = _is_chief(self.strategy)
+    self.input_seed = _input_seed(workdir, cfg.seed, write=self.is_chief)
     self._iterator, self._next_batch, trackable = self._make_input()
     if cfg.checkpoint_input and not trackable:
       logging.warning(
           "checkpoint_input=True, but the input of %s cannot be checkpointed "
           "(tf.distribute's iterators are not trackable): a resumed run "
           "restarts its input pipeline.", type(self.strategy).__name__)
-    self.is_chief = _is_chief(self.strategy)
     self.checkpoint = checkpoints.Manager(
         os.path.join(workdir, "checkpoints"), cfg.max_checkpoints,
         step=self.optimizer.iterations, optimizer=self.optimizer,
@@ -306,12 +306,13 @@ def _local_replicas(strategy):
     return 1
 
 
-def _input_seed(workdir, seed):
+def _input_seed(workdir, seed, write=True):
   """The input pipeline's seed: `seed`, or one drawn once per workdir.
 
   A seeded pipeline uses only stateless random ops, which is what lets the
   input position be checkpointed; keeping a drawn seed in the workdir makes
-  a resumed run continue the same stream.
+  a resumed run continue the same stream. Only the chief writes the file
+  (other workers read disjoint shards, so their own draw is harmless).
   """
   path = os.path.join(workdir, "input_seed.json")
   if seed is None and tf.io.gfile.exists(path):
@@ -319,7 +320,9 @@ def _input_seed(workdir, seed):
       return int(json.load(f)["seed"])
   if seed is None:
     seed = int.from_bytes(os.urandom(4), "little") >> 1
-  tf.io.gfile.makedirs(workdir)
-  with tf.io.gfile.GFile(path, "w") as f:
-    json.dump({"seed": int(seed)}, f)
+  if write:
+    tf.io.gfile.makedirs(workdir)
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+      json.dump({"seed": int(seed)}, f)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
   return int(seed)
