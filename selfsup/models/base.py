@@ -83,6 +83,20 @@ def check_choice(name, value, choices):
   return value
 
 
+def check_common(*, width, patch, representation_size, num_classes,
+                 weight_decay, sync_batch_norm, input_shape, min_size,
+                 need_static=False):
+  """Checks the arguments every backbone takes; returns them as config."""
+  return dict(
+      width=width, patch=bool(patch),
+      representation_size=check_optional_positive_int(
+          "representation_size", representation_size),
+      num_classes=check_optional_positive_int("num_classes", num_classes),
+      weight_decay=weight_decay, sync_batch_norm=bool(sync_batch_norm),
+      input_shape=tuple(check_input_shape(input_shape, min_size=min_size,
+                                          need_static=need_static)))
+
+
 class Layers:
   """Makes the trunk's layers with one weight decay and one batch-norm kind.
 

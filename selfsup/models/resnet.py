@@ -93,17 +93,17 @@ class ResNet(base.Backbone):
     if version == "v1" and not last_relu:
       raise ValueError("last_relu=False is not valid with version='v1': a v1 "
                        "unit always ends in a ReLU; use version='v2'.")
-    representation_size = base.check_optional_positive_int(
-        "representation_size", representation_size)
-    num_classes = base.check_optional_positive_int("num_classes", num_classes)
-    input_shape = base.check_input_shape(input_shape, min_size=8)
-    config = dict(depth=depth, version=version, width=width,
-                  last_relu=bool(last_relu),
-                  skip_connections=bool(skip_connections), patch=bool(patch),
-                  representation_size=representation_size,
-                  num_classes=num_classes, weight_decay=weight_decay,
-                  sync_batch_norm=bool(sync_batch_norm),
-                  input_shape=tuple(input_shape))
+    config = dict(depth=depth, version=version, last_relu=bool(last_relu),
+                  skip_connections=bool(skip_connections),
+                  **base.check_common(
+                      width=width, patch=patch,
+                      representation_size=representation_size,
+                      num_classes=num_classes, weight_decay=weight_decay,
+                      sync_batch_norm=sync_batch_norm,
+                      input_shape=input_shape, min_size=8))
+    input_shape = config["input_shape"]
+    representation_size = config["representation_size"]
+    num_classes = config["num_classes"]
 
     layers = base.Layers(weight_decay, sync_batch_norm)
     inputs = keras.Input(shape=input_shape, name="image")

@@ -110,15 +110,14 @@ class RevNet(base.Backbone):
                sync_batch_norm=False, input_shape=(None, None, 3), name=None,
                **kwargs):
     root_channels = base.check_width(width, multiple_of=2)
-    representation_size = base.check_optional_positive_int(
-        "representation_size", representation_size)
-    num_classes = base.check_optional_positive_int("num_classes", num_classes)
-    input_shape = base.check_input_shape(input_shape, min_size=8)
-    config = dict(width=width, last_relu=bool(last_relu), patch=bool(patch),
-                  representation_size=representation_size,
-                  num_classes=num_classes, weight_decay=weight_decay,
-                  sync_batch_norm=bool(sync_batch_norm),
-                  input_shape=tuple(input_shape))
+    config = dict(last_relu=bool(last_relu), **base.check_common(
+        width=width, patch=patch, representation_size=representation_size,
+        num_classes=num_classes, weight_decay=weight_decay,
+        sync_batch_norm=sync_batch_norm, input_shape=input_shape,
+        min_size=8))
+    input_shape = config["input_shape"]
+    representation_size = config["representation_size"]
+    num_classes = config["num_classes"]
 
     layers = base.Layers(weight_decay=None, sync_batch_norm=sync_batch_norm)
     inputs = keras.Input(shape=input_shape, name="image")

@@ -35,16 +35,14 @@ class VGG(base.Backbone):
                num_classes=None, weight_decay=1e-4, sync_batch_norm=False,
                input_shape=(224, 224, 3), name=None, **kwargs):
     base_channels = base.check_width(width, multiple_of=2) // 2
-    representation_size = base.check_optional_positive_int(
-        "representation_size", representation_size)
-    num_classes = base.check_optional_positive_int("num_classes", num_classes)
-    input_shape = base.check_input_shape(input_shape, min_size=32,
-                                         need_static=True)
-    config = dict(width=width, patch=bool(patch),
-                  representation_size=representation_size,
-                  num_classes=num_classes, weight_decay=weight_decay,
-                  sync_batch_norm=bool(sync_batch_norm),
-                  input_shape=tuple(input_shape))
+    config = base.check_common(
+        width=width, patch=patch, representation_size=representation_size,
+        num_classes=num_classes, weight_decay=weight_decay,
+        sync_batch_norm=sync_batch_norm, input_shape=input_shape,
+        min_size=32, need_static=True)
+    input_shape = config["input_shape"]
+    representation_size = config["representation_size"]
+    num_classes = config["num_classes"]
 
     layers = base.Layers(weight_decay, sync_batch_norm)
     inputs = keras.Input(shape=input_shape, name="image")
