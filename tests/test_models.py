@@ -267,3 +267,16 @@ def test_weight_decay_is_collected():
   none = selfsup.models.get("resnet18_v1", width=TINY, weight_decay=0.0)
   none(_images(1, 32))
   assert not none.losses
+
+
+def test_bn_momentum_reaches_every_batch_norm_and_round_trips():
+  import keras  # pylint: disable=import-outside-toplevel
+  model = selfsup.models.get("revnet50", width=TINY, bn_momentum=0.9)
+  norms = [l for l in model._flatten_layers()  # pylint: disable=protected-access
+           if isinstance(l, keras.layers.BatchNormalization)]
+  assert len(norms) == 3 * 16 + 1  # 3 per reversible unit + the final one
+  assert all(l.momentum == 0.9 for l in norms)
+  assert type(model).from_config(model.get_config()).get_config()[
+      "bn_momentum"] == 0.9
+  with pytest.raises(ValueError, match="bn_momentum=1.5"):
+    selfsup.models.get("resnet50_v2", width=TINY, bn_momentum=1.5)

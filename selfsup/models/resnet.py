@@ -13,7 +13,7 @@ pre-logits; `skip_connections=False` removes every shortcut for the ablation.
 """
 import keras
 
-from selfsup.models import base
+from selfsup.models import base, norm
 
 _UNITS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
 # Output channels of block1 as a multiple of the root's 16k.
@@ -86,7 +86,8 @@ class ResNet(base.Backbone):
   def __init__(self, depth=50, version="v2", width=4, last_relu=True,
                skip_connections=True, patch=False, representation_size=None,
                num_classes=None, weight_decay=1e-4, sync_batch_norm=False,
-               input_shape=(None, None, 3), name=None, **kwargs):
+               input_shape=(None, None, 3), bn_momentum=0.99, name=None,
+               **kwargs):
     base.check_choice("depth", depth, tuple(_UNITS))
     base.check_choice("version", version, ("v1", "v2"))
     root_channels = base.check_width(width)
@@ -101,6 +102,7 @@ class ResNet(base.Backbone):
                       num_classes=num_classes, weight_decay=weight_decay,
                       sync_batch_norm=sync_batch_norm,
                       input_shape=input_shape, min_size=8))
+    config["bn_momentum"] = norm.check_momentum(bn_momentum)
     input_shape = config["input_shape"]
     representation_size = config["representation_size"]
     num_classes = config["num_classes"]
@@ -132,3 +134,4 @@ class ResNet(base.Backbone):
                   num_classes=num_classes, weight_decay=weight_decay)
     self._init_functional(inputs, endpoints, config, name or
                           f"resnet{depth}_{version}", **kwargs)
+    norm.set_momentum(self, config["bn_momentum"])

@@ -15,7 +15,7 @@ channels doubled by zero padding, so the channel counts match ResNet50's
 import keras
 from keras import ops
 
-from selfsup.models import base
+from selfsup.models import base, norm
 from selfsup.models.resnet import PATCH_STRIDES, STANDARD_STRIDES
 
 _UNITS = (3, 4, 6, 3)
@@ -107,14 +107,15 @@ class RevNet(base.Backbone):
 
   def __init__(self, width=4, last_relu=True, patch=False,
                representation_size=None, num_classes=None, weight_decay=1e-4,
-               sync_batch_norm=False, input_shape=(None, None, 3), name=None,
-               **kwargs):
+               sync_batch_norm=False, input_shape=(None, None, 3),
+               bn_momentum=0.99, name=None, **kwargs):
     root_channels = base.check_width(width, multiple_of=2)
     config = dict(last_relu=bool(last_relu), **base.check_common(
         width=width, patch=patch, representation_size=representation_size,
         num_classes=num_classes, weight_decay=weight_decay,
         sync_batch_norm=sync_batch_norm, input_shape=input_shape,
         min_size=8))
+    config["bn_momentum"] = norm.check_momentum(bn_momentum)
     input_shape = config["input_shape"]
     representation_size = config["representation_size"]
     num_classes = config["num_classes"]
@@ -149,6 +150,7 @@ class RevNet(base.Backbone):
                   num_classes=num_classes, weight_decay=weight_decay)
     self._init_functional(inputs, endpoints, config, name or "revnet50",
                           **kwargs)
+    norm.set_momentum(self, config["bn_momentum"])
     self._unit_names = unit_names
 
   def block_units(self, block):

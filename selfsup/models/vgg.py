@@ -16,7 +16,7 @@ same VGG on 64x64 patches, so `patch=True` is accepted and changes nothing.
 """
 import keras
 
-from selfsup.models import base
+from selfsup.models import base, norm
 
 _CONVS = (2, 2, 4, 4, 4)
 _MULTIPLIERS = (1, 2, 4, 8, 8)
@@ -33,13 +33,15 @@ class VGG(base.Backbone):
 
   def __init__(self, width=8, patch=False, representation_size=None,
                num_classes=None, weight_decay=1e-4, sync_batch_norm=False,
-               input_shape=(224, 224, 3), name=None, **kwargs):
+               input_shape=(224, 224, 3), bn_momentum=0.99, name=None,
+               **kwargs):
     base_channels = base.check_width(width, multiple_of=2) // 2
     config = base.check_common(
         width=width, patch=patch, representation_size=representation_size,
         num_classes=num_classes, weight_decay=weight_decay,
         sync_batch_norm=sync_batch_norm, input_shape=input_shape,
         min_size=32, need_static=True)
+    config["bn_momentum"] = norm.check_momentum(bn_momentum)
     input_shape = config["input_shape"]
     representation_size = config["representation_size"]
     num_classes = config["num_classes"]
@@ -73,3 +75,4 @@ class VGG(base.Backbone):
                   pool=False)
     self._init_functional(inputs, endpoints, config, name or "vgg19_bn",
                           **kwargs)
+    norm.set_momentum(self, config["bn_momentum"])

@@ -123,13 +123,13 @@ def classification(labels, logits):
 
 
 def mlp_head(num_classes, weight_decay, name, hidden=4096, dropout=0.5,
-             sync_batch_norm=False):
+             sync_batch_norm=False, bn_momentum=0.99):
   """The patch tasks' head: FC 4096, batch norm, ReLU, dropout, logits."""
   reg = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
   return keras.Sequential([
       keras.layers.Dense(hidden, kernel_regularizer=reg, name="fc1"),
       keras.layers.BatchNormalization(synchronized=sync_batch_norm,
-                                      name="fc1_bn"),
+                                      momentum=bn_momentum, name="fc1_bn"),
       keras.layers.ReLU(name="fc1_relu"),
       keras.layers.Dropout(dropout, name="dropout"),
       keras.layers.Dense(num_classes, kernel_regularizer=reg, dtype="float32",

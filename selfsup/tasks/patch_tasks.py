@@ -44,7 +44,9 @@ class _PatchTask(base.Task):
     self.head = base.mlp_head(self.num_classes, self.weight_decay,
                               f"{self.name}_head", hidden=self.hidden_size,
                               dropout=self.dropout,
-                              sync_batch_norm=sync_batch_norm)
+                              sync_batch_norm=sync_batch_norm,
+                              bn_momentum=self.backbone_kwargs.get(
+                                  "bn_momentum", 0.99))
 
   def _embed(self, patches, training):
     flat = base.flatten_copies(patches)
