@@ -103,12 +103,9 @@ class ResNet(base.Backbone):
                       sync_batch_norm=sync_batch_norm,
                       input_shape=input_shape, min_size=8))
     config["bn_momentum"] = norm.check_momentum(bn_momentum)
-    input_shape = config["input_shape"]
-    representation_size = config["representation_size"]
-    num_classes = config["num_classes"]
 
     layers = base.Layers(weight_decay, sync_batch_norm)
-    inputs = keras.Input(shape=input_shape, name="image")
+    inputs = keras.Input(shape=config["input_shape"], name="image")
     x = layers.conv(inputs, root_channels, 7, strides=1 if patch else 2,
                     name="root_conv")
     if version == "v1":
@@ -130,8 +127,9 @@ class ResNet(base.Backbone):
       x = layers.bn(x, "final_bn")
       if last_relu:
         x = keras.layers.ReLU(name="final_relu")(x)
-    base.add_head(endpoints, x, representation_size=representation_size,
-                  num_classes=num_classes, weight_decay=weight_decay)
+    base.add_head(endpoints, x,
+                  representation_size=config["representation_size"],
+                  num_classes=config["num_classes"], weight_decay=weight_decay)
     self._init_functional(inputs, endpoints, config, name or
                           f"resnet{depth}_{version}", **kwargs)
     norm.set_momentum(self, config["bn_momentum"])

@@ -42,12 +42,9 @@ class VGG(base.Backbone):
         sync_batch_norm=sync_batch_norm, input_shape=input_shape,
         min_size=32, need_static=True)
     config["bn_momentum"] = norm.check_momentum(bn_momentum)
-    input_shape = config["input_shape"]
-    representation_size = config["representation_size"]
-    num_classes = config["num_classes"]
 
     layers = base.Layers(weight_decay, sync_batch_norm)
-    inputs = keras.Input(shape=input_shape, name="image")
+    inputs = keras.Input(shape=config["input_shape"], name="image")
     x = inputs
     endpoints = {}
     for b, (convs, mult) in enumerate(zip(_CONVS, _MULTIPLIERS)):
@@ -70,8 +67,9 @@ class VGG(base.Backbone):
     x = layers.bn_relu(x, "fc6_bn")
     x = layers.bn_relu(layers.conv(x, fc_channels, 1, name="fc7"), "fc7_bn")
     x = keras.layers.Flatten(name="fc7_flatten")(x)
-    base.add_head(endpoints, x, representation_size=representation_size,
-                  num_classes=num_classes, weight_decay=weight_decay,
+    base.add_head(endpoints, x,
+                  representation_size=config["representation_size"],
+                  num_classes=config["num_classes"], weight_decay=weight_decay,
                   pool=False)
     self._init_functional(inputs, endpoints, config, name or "vgg19_bn",
                           **kwargs)

@@ -11,13 +11,11 @@ Two input formats are accepted, told apart by rank:
   K times less backbone work, identical result);
 * materialised examples [B, K, n, p, p, C] (n = 9 for Jigsaw, 2 for RPL).
 """
-import numpy as np
 import tensorflow as tf
 
-from selfsup.preprocess import NEIGHBOURS, load_permutations
+from selfsup.preprocess import load_permutations, pair_patches, permute_patches
 from selfsup.tasks import base
 
-_CENTRE = 4
 
 
 class _PatchTask(base.Task):
@@ -102,10 +100,8 @@ class Jigsaw(_PatchTask):
     return super()._spec_kwargs(kwargs)
 
   def _combine(self, grid_embeddings, labels):
-    perms = tf.gather(self._perms, tf.cast(labels, tf.int32))  # [B, K, 9]
-    # Output position i of permutation r holds patch perms[r][i], as in the
-    # preprocessing's `jigsaw` op.
-    permuted = tf.gather(grid_embeddings, perms, batch_dims=1)  # [B, K, 9, D]
+    permuted = permute_patches(grid_embeddings, tf.cast(labels, tf.int32),
+                               self._perms)  # [B, K, 9, D]
     shape = tf.shape(permuted)
     return tf.reshape(permuted, [shape[0], shape[1],
                                  9 * self.embedding_size])
@@ -119,12 +115,11 @@ class RelativePatchLocation(_PatchTask):
   examples_per_image = 8
 
   def _combine(self, grid_embeddings, labels):
-    neighbours = tf.gather(tf.constant(np.array(NEIGHBOURS), tf.int32),
-                           tf.cast(labels, tf.int32))  # [B, 8]
-    first = tf.gather(grid_embeddings, neighbours, batch_dims=1)
-    centre = tf.broadcast_to(grid_embeddings[:, _CENTRE:_CENTRE + 1],
-                             tf.shape(first))
-    return tf.concat([first, centre], axis=-1)
+    # Pair l is (neighbour NEIGHBOURS[l], centre); the labels pick the pairs.
+    pairs = tf.gather(pair_patches(grid_embeddings, axis=1),
+                      tf.cast(labels, tf.int32), batch_dims=1)  # [B, K, 2, D]
+    shape = tf.shape(pairs)
+    return tf.reshape(pairs, [shape[0], shape[1], 2 * self.embedding_size])
 
   def dummy_batch(self, batch_size):
     batch = super().dummy_batch(batch_size)
