@@ -280,3 +280,60 @@ def test_bn_momentum_reaches_every_batch_norm_and_round_trips():
       "bn_momentum"] == 0.9
   with pytest.raises(ValueError, match="bn_momentum=1.5"):
     selfsup.models.get("resnet50_v2", width=TINY, bn_momentum=1.5)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 5, 8), (16, 2, 2, 4), (1, 3, 3, 2)])
+def test_fused_batch_norm_matches_keras_in_training(shape):
+  """Output, input/scale/offset gradients and moving statistics (biased
+  variance, as Keras averages) agree with keras.layers.BatchNormalization."""
+  import keras  # pylint: disable=import-outside-toplevel
+  from selfsup.models.base import BatchNormalization  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = tf.constant(rng.normal(2.0, 3.0, shape).astype(np.float32))
+  upstream = tf.constant(rng.normal(size=shape).astype(np.float32))
+  gamma = rng.uniform(0.5, 2.0, shape[-1]).astype(np.float32)
+  beta = rng.normal(size=shape[-1]).astype(np.float32)
+  results = []
+  for layer in (keras.layers.BatchNormalization(momentum=0.9),
+                BatchNormalization(momentum=0.9)):
+    layer.build(shape)
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x, training=True)
+      loss = tf.reduce_sum(y * upstream)
+    grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+    results.append([y] + grads + [layer.moving_mean, layer.moving_variance])
+  names = ["y", "dx", "dgamma", "dbeta", "moving_mean", "moving_variance"]
+  for name, keras_value, fused_value in zip(names, *results):
+    np.testing.assert_allclose(np.asarray(fused_value),
+                               np.asarray(keras_value), rtol=1e-4, atol=2e-5,
+                               err_msg=name)
+  # The statistics moved, so the comparison above is not of initial values.
+  assert not np.allclose(np.asarray(results[1][-2]), 0.0)
+
+
+def test_fused_batch_norm_is_used_by_default_and_falls_back_in_inference():
+  import keras  # pylint: disable=import-outside-toplevel
+  from selfsup.models import base  # pylint: disable=g-import-not-at-top
+  model = selfsup.models.get("resnet18_v2", width=TINY)
+  norms = [l for l in model._flatten_layers()  # pylint: disable=protected-access
+           if "BatchNormalization" in type(l).__name__]
+  assert norms and all(isinstance(l, base.BatchNormalization) for l in norms)
+  images = _images(2, 32)
+  model(images, training=True)  # moves the statistics away from 0 / 1
+  try:
+    base.FUSED_BATCH_NORM = False
+    plain = selfsup.models.get("resnet18_v2", width=TINY)
+  finally:
+    base.FUSED_BATCH_NORM = True
+  assert not any(isinstance(l, base.BatchNormalization)
+                 for l in plain._flatten_layers())  # pylint: disable=protected-access
+  plain.set_weights(model.get_weights())
+  for key, value in model(images, training=False).items():
+    np.testing.assert_allclose(plain(images, training=False)[key], value,
+                               rtol=1e-5, atol=1e-5, err_msg=key)
+  sync = selfsup.models.get("resnet18_v2", width=TINY, sync_batch_norm=True)
+  assert all(l.synchronized for l in sync._flatten_layers()  # pylint: disable=protected-access
+             if isinstance(l, keras.layers.BatchNormalization))
