@@ -31,6 +31,8 @@ CORE = [
     "tensorflow-datasets>=4.9",
     "tensorboard>=2.20",
     "pillow>=10.0",
+    # Keeps scipy's BLAS to one thread while L-BFGS-B runs (evaluation/lbfgs).
+    "threadpoolctl>=3.1",
 ]
 EXTRAS = {
     "cpu": [f"tensorflow-cpu=={TF_VERSION}"],

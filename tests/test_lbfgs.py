@@ -118,6 +118,7 @@ def test_agrees_with_sklearn(l2):
     assert top1 == pytest.approx(theirs.score(xs, ys), abs=0.005)
   assert ours.iterations > 1 and ours.seconds > 0
   assert len(ours.history) == ours.iterations
+  assert ours.evaluations >= ours.iterations
 
 
 def test_max_iter_stops_early():
@@ -127,6 +128,25 @@ def test_max_iter_stops_early():
   assert not result.converged
   assert result.weights.shape == (20, 5) and result.weights.dtype == np.float32
   assert result.bias.shape == (5,) and result.bias.dtype == np.float32
+
+
+def test_fit_restores_blas_threads():
+  import threadpoolctl  # pylint: disable=import-outside-toplevel
+  before = [i["num_threads"] for i in threadpoolctl.threadpool_info()]
+  x, y = _blobs(200, 8, 3, seed=4)
+  lbfgs.fit(x, y, 3, max_iter=5)
+  assert [i["num_threads"] for i in threadpoolctl.threadpool_info()] == before
+
+
+def test_objective_is_traced_once():
+  x, y = _blobs(50, 6, 3, seed=6)
+  objective = lbfgs.Objective(x, y.astype(np.int32), 3, 0.01, batch_size=16)
+  rng = np.random.default_rng(7)
+  for _ in range(3):
+    value, grad = objective(rng.normal(size=objective.size))
+    assert np.isfinite(value) and grad.shape == (objective.size,)
+  # pylint: disable-next=protected-access
+  assert objective._value_and_grad.experimental_get_tracing_count() == 1
 
 
 def test_float64_input_gives_the_float32_result():

@@ -23,6 +23,13 @@ features on its device and the partial sums are all-reduced, so features
 larger than one device's memory fit across several; scipy runs on the host.
 The replicas' shards may differ in size and sums are float64, so this suits
 CPU and GPU strategies (Mirrored, MultiWorkerMirrored), not TPUStrategy.
+
+Speed: an evaluation is two float32 matrix products over the features
+(4 * N * M * C flops), which is all but ~10% of its time, and an L-BFGS
+iteration is about one evaluation plus scipy's own O(M * C * maxcor) work.
+scikit-learn does the same products in float32 through the same scipy
+driver, so the two take the same iterations and differ by how fast their
+matrix products run (benchmarks/lbfgs_vs_sklearn.py measures both).
 """
 import dataclasses
 import time
@@ -33,10 +40,16 @@ import numpy as np
 import scipy.optimize
 import tensorflow as tf
 
+import threadpoolctl
+
 DEFAULT_MAX_ITER = 800
 DEFAULT_BATCH_SIZE = 4096
-# Rows per numpy chunk when checking or scoring features: bounds temporaries.
+# Rows per numpy chunk when scoring features: bounds the [rows, C] logits.
 _CHUNK_ROWS = 65536
+# Bytes of features per chunk of the finiteness check: its boolean temporary
+# is a quarter of that (a whole 20,000 x 2,048 chunk added 41 MB, a quarter
+# of the features, to fit's peak memory).
+_CHECK_BYTES = 16 << 20
 # TF's CPU kernels (Eigen) require tensor data aligned to this many bytes.
 _ALIGN = 64
 _ROW_ALIGN = 16
@@ -67,6 +80,7 @@ class LogisticRegressionResult:
       `max_iter` or on a failed line search.
     l2: the lambda used.
     message: scipy's termination message.
+    evaluations: objective and gradient evaluations (line search included).
     history: (seconds since start, objective) after each iteration.
   """
   weights: np.ndarray
@@ -77,6 +91,7 @@ class LogisticRegressionResult:
   converged: bool
   l2: float
   message: str = ""
+  evaluations: int = 0
   history: list = dataclasses.field(default_factory=list)
 
 
@@ -97,8 +112,9 @@ def _check_features(x, name: str, dim: Optional[int] = None) -> np.ndarray:
                      f"got shape {x.shape}.")
   x = np.ascontiguousarray(x, dtype=np.float32)
   # Chunked so that the boolean temporary stays small on ImageNet-size input.
-  for start in range(0, x.shape[0], _CHUNK_ROWS):
-    finite = np.isfinite(x[start:start + _CHUNK_ROWS]).all(axis=1)
+  rows = max(1, _CHECK_BYTES // (4 * x.shape[1]))
+  for start in range(0, x.shape[0], rows):
+    finite = np.isfinite(x[start:start + rows]).all(axis=1)
     if not finite.all():
       row = start + int(np.argmin(finite))
       raise ValueError(f"{name} must be finite; row {row} holds NaN or inf.")
@@ -178,13 +194,18 @@ def _distribute(strategy, array: np.ndarray):
 
 
 def _replica_sums(x, y, w, b, batch_size: int):
-  """Sum over this replica's examples of the loss and of its gradient."""
-  num_classes = w.shape[1]
+  """Sum over this replica's examples of the loss and of its gradient.
+
+  One pass over the features per evaluation: both matrix products of a batch
+  run while it is in cache, and they are the whole cost (4 * N * M * C
+  flops; the softmax is ~5% of it). The weight gradient is accumulated as
+  [C, M], dlogits^T x: with x row-major that product runs ~25% faster in
+  oneDNN than x^T dlogits ([M, C]). Returns (loss, grad_w^T, grad_b).
+  """
+  dim, num_classes = w.shape
   n = tf.shape(x)[0]
-  loss = tf.zeros([], tf.float64)
-  grad_w = tf.zeros(w.shape, tf.float64)
-  grad_b = tf.zeros([num_classes], tf.float64)
-  for start in tf.range(0, n, batch_size):
+
+  def body(start, loss, grad_w_t, grad_b):
     xb = x[start:start + batch_size]
     yb = y[start:start + batch_size]
     log_p = tf.nn.log_softmax(tf.matmul(xb, w) + b)
@@ -192,9 +213,20 @@ def _replica_sums(x, y, w, b, batch_size: int):
                     tf.float64)
     # d CE / d logits = softmax - one_hot: only [batch, C], never [N, C].
     dlogits = tf.exp(log_p) - tf.one_hot(yb, num_classes, dtype=tf.float32)
-    grad_w += tf.cast(tf.matmul(xb, dlogits, transpose_a=True), tf.float64)
+    # float32 within a batch, float64 across batches: a float32 running sum
+    # over a million examples would add noise the line search notices.
+    grad_w_t += tf.cast(tf.matmul(dlogits, xb, transpose_a=True), tf.float64)
     grad_b += tf.cast(tf.reduce_sum(dlogits, axis=0), tf.float64)
-  return loss, grad_w, grad_b
+    return start + batch_size, loss, grad_w_t, grad_b
+
+  # A plain tf.while_loop, not autograph: converting this function took
+  # ~0.25 s of the first evaluation, longer than a whole fit on small input.
+  _, loss, grad_w_t, grad_b = tf.while_loop(
+      lambda start, *_: start < n, body,
+      (tf.constant(0), tf.zeros([], tf.float64),
+       tf.zeros([num_classes, dim], tf.float64),
+       tf.zeros([num_classes], tf.float64)))
+  return loss, grad_w_t, grad_b
 
 
 class Objective:
@@ -203,6 +235,10 @@ class Objective:
   Parameters are one float64 vector, theta = concat(W.ravel(), b). `x` must
   be C-contiguous float32 [N, M] and `y` int32 [N] (`fit` checks and converts
   its input); they are placed on the strategy's replicas at construction.
+  A call is one TensorFlow function: theta goes in and (value, gradient)
+  come out in float64, so the host does no arithmetic on the ~M * C
+  parameters (numpy's fresh 1.6 MB temporaries per call cost ~10 ms at
+  M = 2048, C = 100: 10% of an evaluation).
   """
 
   def __init__(self, x, y, num_classes: int, l2: float, *,
@@ -214,18 +250,28 @@ class Objective:
     self._strategy = strategy
     self._x = _distribute(strategy, x)
     self._y = _distribute(strategy, y)
-    with strategy.scope():
-      self._w = tf.Variable(tf.zeros([self.dim, num_classes]), trainable=False)
-      self._b = tf.Variable(tf.zeros([num_classes]), trainable=False)
+    split = self.dim * num_classes
+    inv_n = 1.0 / self.num_examples
 
-    @tf.function
-    def sums():
+    @tf.function(input_signature=[tf.TensorSpec([self.size], tf.float64)],
+                 autograph=False)
+    def value_and_grad(theta):
+      w64 = tf.reshape(theta[:split], [self.dim, num_classes])
+      b64 = theta[split:]
+      # Each replica reads the float32 parameters (0.8 MB at M = 2048,
+      # C = 100) from the host: cheaper than a synchronised variable.
       per_replica = strategy.run(
-          _replica_sums, args=(self._x, self._y, self._w, self._b, batch_size))
-      return [strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)
-              for t in per_replica]
+          _replica_sums, args=(self._x, self._y, tf.cast(w64, tf.float32),
+                               tf.cast(b64, tf.float32), batch_size))
+      loss, grad_w_t, grad_b = [
+          strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)
+          for t in per_replica]
+      # The penalty and its gradient come from scipy's own float64 theta.
+      value = loss * inv_n + self.l2 * tf.reduce_sum(tf.square(w64))
+      grad_w = tf.transpose(grad_w_t) * inv_n + (2.0 * self.l2) * w64
+      return value, tf.concat([tf.reshape(grad_w, [-1]), grad_b * inv_n], 0)
 
-    self._sums = sums
+    self._value_and_grad = value_and_grad
 
   @property
   def shards(self):
@@ -243,17 +289,22 @@ class Objective:
             theta[split:])
 
   def __call__(self, theta: np.ndarray):
-    w, b = self.unpack(theta)
-    self._w.assign(w.astype(np.float32))
-    self._b.assign(b.astype(np.float32))
-    loss, grad_w, grad_b = (t.numpy() for t in self._sums())
-    inv_n = 1.0 / self.num_examples
-    # The penalty is computed on the host in float64, from scipy's own theta.
-    flat_w = theta[:w.size]
-    value = loss * inv_n + self.l2 * float(np.dot(flat_w, flat_w))
-    grad = np.concatenate([(grad_w * inv_n + 2.0 * self.l2 * w).ravel(),
-                           grad_b * inv_n])
-    return float(value), grad
+    value, grad = self._value_and_grad(
+        tf.constant(np.asarray(theta, np.float64)))
+    return float(value), grad.numpy()
+
+
+def _single_threaded_blas():
+  """Keeps BLAS to one thread while scipy's L-BFGS-B runs.
+
+  The driver's work is level-1 BLAS on vectors of M * C + C float64 (a few
+  MB): memory-bound, so a second thread gains nothing, while OpenBLAS's
+  threads spin after each call and take the cores from TensorFlow's. On 2
+  busy cores this made L-BFGS-B's own share 6-15x slower (60-160 ms an
+  iteration instead of 10 at M = 2048, C = 100). The objective runs in
+  TensorFlow (oneDNN/Eigen), which this does not touch.
+  """
+  return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
 
 def fit(train_x, train_y, num_classes: int, *, l2: Optional[float] = None,
@@ -311,9 +362,10 @@ def fit(train_x, train_y, num_classes: int, *, l2: Optional[float] = None,
                    len(history), history[-1][1], history[-1][0])
 
   options = {"maxiter": int(max_iter), **(scipy_options or {})}
-  res = scipy.optimize.minimize(
-      objective, np.zeros(objective.size), jac=True, method="L-BFGS-B",
-      callback=callback, options=options)
+  with _single_threaded_blas():
+    res = scipy.optimize.minimize(
+        objective, np.zeros(objective.size), jac=True, method="L-BFGS-B",
+        callback=callback, options=options)
   seconds = time.perf_counter() - start
   w, b = objective.unpack(res.x)
   message = res.message if isinstance(res.message, str) else str(res.message)
@@ -323,7 +375,8 @@ def fit(train_x, train_y, num_classes: int, *, l2: Optional[float] = None,
   return LogisticRegressionResult(
       weights=w.astype(np.float32), bias=b.astype(np.float32),
       objective=float(res.fun), iterations=int(res.nit), seconds=seconds,
-      converged=bool(res.success), l2=l2, message=message, history=history)
+      converged=bool(res.success), l2=l2, message=message,
+      evaluations=int(res.nfev), history=history)
 
 
 def predict_logits(result: LogisticRegressionResult, x) -> np.ndarray:
