@@ -51,6 +51,53 @@ def test_representation_averages_patches_and_pools_blocks():
     extract.representation(backbone, tf.constant(patches), "logits")
 
 
+def test_extractor_traces_once_for_every_batch_size():
+  backbone = selfsup.models.get("resnet50_v2", width=0.25)
+  images = np.random.default_rng(2).normal(size=(5, 16, 16, 3)).astype(
+      np.float32)
+  extractor = extract.FeatureExtractor(backbone, "block3")
+  for batch in (images, images[:2], images[:1]):
+    want = extract.representation(backbone, tf.constant(batch), "block3")
+    np.testing.assert_allclose(extractor(batch).numpy(), want.numpy(),
+                               rtol=1e-5, atol=1e-5)
+  # pylint: disable-next=protected-access
+  [traced] = extractor._traced.values()
+  assert traced.experimental_get_tracing_count() == 1
+
+
+def test_in_background_keeps_order_and_raises_errors_in_the_consumer():
+  assert list(extract.in_background(range(10), 2)) == list(range(10))
+  assert not list(extract.in_background([], 2))
+
+  def failing():
+    yield 1
+    raise RuntimeError("producer failed")
+
+  got = []
+  with pytest.raises(RuntimeError, match="producer failed"):
+    for item in extract.in_background(failing(), 2):
+      got.append(item)
+  assert got == [1]
+
+
+def test_in_background_stops_the_producer_when_closed_early():
+  produced, closed = [], []
+
+  def endless():
+    try:
+      for i in range(1000):
+        produced.append(i)
+        yield i
+    finally:
+      closed.append(True)
+
+  batches = extract.in_background(endless(), 2)
+  assert next(batches) == 0
+  batches.close()  # what an error in the writer does
+  assert closed == [True]
+  assert len(produced) <= 4  # the item taken, the queue's 2, one in hand
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
   """A tiny Rotation backbone exported by the trainer, without training."""
