@@ -221,8 +221,12 @@ x = (means[y] + rng.normal(size=(101, 7))).astype(np.float32)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 objective = lbfgs.Objective(x, y.astype(np.int32), 3, 0.01, batch_size=16,
                             strategy=strategy)
-single = lbfgs.fit(x, y, 3, l2=0.01, batch_size=16)
-mirrored = lbfgs.fit(x, y, 3, l2=0.01, batch_size=16, strategy=strategy)
+# Tight tolerances: both runs stop at the minimum, not where their (slightly
+# different) float paths happen to satisfy scipy's default criteria.
+tight = dict(gtol=1e-9, ftol=1e-15)
+single = lbfgs.fit(x, y, 3, l2=0.01, batch_size=16, scipy_options=tight)
+mirrored = lbfgs.fit(x, y, 3, l2=0.01, batch_size=16, strategy=strategy,
+                     scipy_options=tight)
 print(json.dumps(dict(
     shards=objective.shards,
     single=[single.objective, single.weights.tolist(), single.bias.tolist()],
@@ -244,3 +248,60 @@ def test_mirrored_strategy_matches_default_strategy():
   assert mirrored[0] == pytest.approx(single[0], rel=1e-6)
   np.testing.assert_allclose(mirrored[1], single[1], atol=1e-4)
   np.testing.assert_allclose(mirrored[2], single[2], atol=1e-4)
+
+
+def _ill_conditioned(n, dim, classes, seed):
+  """Blobs whose feature scales decay like CNN features', then rotated: the
+  spectrum is not axis-aligned, so a per-feature scaling would not fix it."""
+  x, y = _blobs(n, dim, classes, seed)
+  x = x * (1.0 + np.arange(dim)) ** -1.0 + 0.5
+  rotation, _ = np.linalg.qr(np.random.default_rng(seed).normal(
+      size=(dim, dim)))
+  return (x @ rotation).astype(np.float32), y
+
+
+def test_preconditioned_objective_is_the_same_function():
+  """In (V, b') coordinates the value is f at unpack(theta) and the gradient
+  is the chain rule's: a central difference along a random direction."""
+  x, y = _ill_conditioned(40, 6, 3, seed=8)
+  objective = lbfgs.Objective(x, y.astype(np.int32), 3, 0.05, batch_size=16,
+                              precondition=True)
+  plain = lbfgs.Objective(x, y.astype(np.int32), 3, 0.05, batch_size=16)
+  assert objective.preconditioner is not None
+  rng = np.random.default_rng(9)
+  theta = rng.normal(size=objective.size)
+  value, grad = objective(theta)
+  w, b = objective.unpack(theta)
+  ref_value = _reference(x, y, w, b, 0.05)[0]
+  assert value == pytest.approx(ref_value, rel=1e-5)
+  assert value == pytest.approx(plain(np.concatenate([w.ravel(), b]))[0],
+                                rel=1e-5)
+  direction = rng.normal(size=objective.size)
+  eps = 1e-3
+  numeric = (objective(theta + eps * direction)[0]
+             - objective(theta - eps * direction)[0]) / (2 * eps)
+  assert numeric == pytest.approx(float(grad @ direction), rel=2e-3)
+
+
+def test_preconditioning_reaches_the_same_minimum_in_fewer_iterations():
+  x, y = _ill_conditioned(400, 24, 5, seed=10)
+  tight = dict(gtol=1e-9, ftol=1e-15)
+  plain = lbfgs.fit(x, y, 5, scipy_options=tight, precondition=False)
+  fast = lbfgs.fit(x, y, 5, scipy_options=tight)
+  assert fast.objective == pytest.approx(plain.objective, rel=1e-6)
+  np.testing.assert_allclose(fast.weights, plain.weights, atol=2e-3)
+  np.testing.assert_allclose(fast.bias, plain.bias, atol=2e-3)
+  # Iterations to get within 1e-6 of the minimum.
+  target = plain.objective * (1 + 1e-6)
+
+  def reached(result):
+    return next(i for i, (_, f) in enumerate(result.history) if f <= target)
+
+  assert reached(fast) * 2 <= reached(plain), (reached(fast), reached(plain))
+
+
+def test_preconditioner_with_fewer_rows_than_features_and_no_penalty():
+  x, y = _blobs(10, 32, 3, seed=11)  # rank-deficient covariance
+  result = lbfgs.fit(x, y, 3, l2=0.0, max_iter=50)
+  assert np.isfinite(result.objective)
+  assert np.all(np.isfinite(result.weights))

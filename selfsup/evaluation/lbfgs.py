@@ -37,6 +37,9 @@ from typing import Any, Mapping, Optional
 
 from absl import logging
 import numpy as np
+import scipy.linalg
+import scipy.linalg.blas
+import scipy.linalg.lapack
 import scipy.optimize
 import tensorflow as tf
 
@@ -46,6 +49,8 @@ DEFAULT_MAX_ITER = 800
 DEFAULT_BATCH_SIZE = 4096
 # Rows per numpy chunk when scoring features: bounds the [rows, C] logits.
 _CHUNK_ROWS = 65536
+# Rows per feature dimension used to estimate the preconditioner's moments.
+_PRECONDITION_ROWS_PER_DIM = 4
 # Bytes of features per chunk of the finiteness check: its boolean temporary
 # is a quarter of that (a whole 20,000 x 2,048 chunk added 41 MB, a quarter
 # of the features, to fit's peak memory).
@@ -242,7 +247,8 @@ class Objective:
   """
 
   def __init__(self, x, y, num_classes: int, l2: float, *,
-               batch_size: int = DEFAULT_BATCH_SIZE, strategy=None):
+               batch_size: int = DEFAULT_BATCH_SIZE, strategy=None,
+               precondition: bool = False):
     self.num_examples, self.dim = x.shape
     self.num_classes = num_classes
     self.l2 = l2
@@ -250,28 +256,54 @@ class Objective:
     self._strategy = strategy
     self._x = _distribute(strategy, x)
     self._y = _distribute(strategy, y)
+    self.preconditioner = (_whitening(x, num_classes, l2) if precondition
+                           else None)
     split = self.dim * num_classes
     inv_n = 1.0 / self.num_examples
+
+    def data_sums(w32, b32):
+      # Each replica reads the float32 parameters (0.8 MB at M = 2048,
+      # C = 100) from the host: cheaper than a synchronised variable.
+      per_replica = strategy.run(
+          _replica_sums, args=(self._x, self._y, w32, b32, batch_size))
+      return [strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)
+              for t in per_replica]
 
     @tf.function(input_signature=[tf.TensorSpec([self.size], tf.float64)],
                  autograph=False)
     def value_and_grad(theta):
       w64 = tf.reshape(theta[:split], [self.dim, num_classes])
       b64 = theta[split:]
-      # Each replica reads the float32 parameters (0.8 MB at M = 2048,
-      # C = 100) from the host: cheaper than a synchronised variable.
-      per_replica = strategy.run(
-          _replica_sums, args=(self._x, self._y, tf.cast(w64, tf.float32),
-                               tf.cast(b64, tf.float32), batch_size))
-      loss, grad_w_t, grad_b = [
-          strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)
-          for t in per_replica]
+      loss, grad_w_t, grad_b = data_sums(tf.cast(w64, tf.float32),
+                                         tf.cast(b64, tf.float32))
       # The penalty and its gradient come from scipy's own float64 theta.
       value = loss * inv_n + self.l2 * tf.reduce_sum(tf.square(w64))
       grad_w = tf.transpose(grad_w_t) * inv_n + (2.0 * self.l2) * w64
       return value, tf.concat([tf.reshape(grad_w, [-1]), grad_b * inv_n], 0)
 
-    self._value_and_grad = value_and_grad
+    @tf.function(input_signature=[tf.TensorSpec([self.size], tf.float64)],
+                 autograph=False)
+    def preconditioned_value_and_grad(theta):
+      # theta = (V, b'): W = P V, b = b' - mu W (see _whitening).
+      p, mu = self.preconditioner
+      v32 = tf.cast(tf.reshape(theta[:split], [self.dim, num_classes]),
+                    tf.float32)
+      w32 = tf.matmul(p, v32)
+      w64 = tf.cast(w32, tf.float64)
+      b64 = theta[split:] - tf.cast(tf.linalg.matvec(w32, mu, transpose_a=True),
+                                    tf.float64)
+      loss, grad_w_t, grad_b = data_sums(w32, tf.cast(b64, tf.float32))
+      value = loss * inv_n + self.l2 * tf.reduce_sum(tf.square(w64))
+      grad_w = tf.transpose(grad_w_t) * inv_n + (2.0 * self.l2) * w64
+      grad_b = grad_b * inv_n
+      # The chain rule through (W, b)(V, b'): dV = P^T (dW - mu^T db).
+      grad_w -= tf.cast(mu, tf.float64)[:, None] * grad_b[None, :]
+      grad_v = tf.matmul(p, tf.cast(grad_w, tf.float32), transpose_a=True)
+      return value, tf.concat([tf.reshape(tf.cast(grad_v, tf.float64), [-1]),
+                               grad_b], 0)
+
+    self._value_and_grad = (value_and_grad if self.preconditioner is None
+                            else preconditioned_value_and_grad)
 
   @property
   def shards(self):
@@ -284,14 +316,84 @@ class Objective:
     return self.dim * self.num_classes + self.num_classes
 
   def unpack(self, theta: np.ndarray):
+    """(W, b) of the objective at `theta`, float64: the parameters of the
+    model (with a preconditioner, mapped back from scipy's (V, b'))."""
     split = self.dim * self.num_classes
-    return (theta[:split].reshape(self.dim, self.num_classes),
-            theta[split:])
+    w = theta[:split].reshape(self.dim, self.num_classes)
+    b = theta[split:]
+    if self.preconditioner is not None:
+      p, mu = (t.numpy() for t in self.preconditioner)
+      # W = P V in float64, a block of P's rows at a time (a float64 copy of
+      # P would add M * M * 8 bytes to fit's peak memory).
+      w = np.concatenate([p[i:i + 256].astype(np.float64) @ w
+                          for i in range(0, self.dim, 256)])
+      b = b - mu.astype(np.float64) @ w
+    return w, b
 
   def __call__(self, theta: np.ndarray):
     value, grad = self._value_and_grad(
         tf.constant(np.asarray(theta, np.float64)))
     return float(value), grad.numpy()
+
+
+def _whitening(x, num_classes, l2):
+  """A change of variables that makes L-BFGS's problem well conditioned.
+
+  CNN features have a steeply decaying spectrum, so the Hessian of f in W,
+  about (1/N) sum_i x_i x_i^T (x) S_i + 2 lambda I with S_i the softmax
+  covariance (about I / C at the start), has a large condition number, and
+  L-BFGS needs hundreds of iterations. With W = P V and b = b' - mu W, where
+  mu is the features' mean and P P^T = (Sigma / C + 2 lambda I)^-1 (Sigma
+  their covariance, P from a Cholesky factor), f in (V, b') has the
+  feature-side curvature removed. It is the same function of the same model,
+  so the same minimum and objective values; only the path to it is shorter
+  (~4x fewer evaluations on benchmarks/lbfgs_vs_sklearn.py's features).
+  Each evaluation pays two [M, M] x [M, C] products more (M / (2 N) of its
+  cost), and P takes M * M float32.
+
+  mu and Sigma are estimated from about _PRECONDITION_ROWS_PER_DIM * M rows
+  of the host features: evenly spaced blocks (feature files are often
+  sorted by class). Everything happens in place in one [M, M] float32
+  buffer (BLAS syrk/syr, LAPACK potrf/trtri), so that fit's peak memory grows
+  by two such buffers at most, not by the several a TensorFlow graph keeps.
+  Returns (P, mu) as float32 tensors, or None, with a warning, where the
+  Cholesky factorisation fails (then fit runs unpreconditioned).
+  """
+  n, dim = x.shape
+  block = min(1024, n)
+  blocks = min(-(-_PRECONDITION_ROWS_PER_DIM * dim // block), -(-n // block))
+  gap = (n - block) // max(blocks - 1, 1)
+  gram = np.zeros((dim, dim), np.float32, order="F")
+  total = np.zeros(dim, np.float64)
+  for i in range(blocks):
+    xb = x[i * gap:i * gap + block]
+    total += xb.sum(axis=0, dtype=np.float64)
+    # Lower triangle of gram += xb^T xb (xb.T is a Fortran-order view).
+    gram = scipy.linalg.blas.ssyrk(1.0, xb.T, beta=1.0, c=gram, lower=1,
+                                   overwrite_c=1)
+  count = blocks * block
+  mu = (total / count).astype(np.float32)
+  # A = (gram / count - mu mu^T) / C + floor * I, lower triangle. The floor
+  # keeps A positive definite when lambda = 0 and the features are
+  # rank-deficient (fewer rows than dimensions).
+  gram /= count
+  gram = scipy.linalg.blas.ssyr(-1.0, mu, a=gram, lower=1, overwrite_a=1)
+  gram /= num_classes
+  diag = np.einsum("ii->i", gram)
+  diag += max(2.0 * l2, 1e-6 * float(diag.mean()) + 1e-12)
+  try:
+    chol = scipy.linalg.cholesky(gram, lower=True, overwrite_a=True,
+                                 check_finite=False)
+    # P = L^-T, so that P P^T = (L L^T)^-1 = A^-1.
+    inv_l, info = scipy.linalg.lapack.strtri(chol, lower=1, overwrite_c=1)
+    if info != 0 or not np.all(np.isfinite(inv_l)):
+      raise np.linalg.LinAlgError(f"strtri info {info}")
+  except np.linalg.LinAlgError as e:
+    logging.warning("L-BFGS preconditioner unavailable (%s); fitting "
+                    "without it.", e)
+    return None
+  # inv_l is L^-1 in Fortran order: its transpose is P in C order.
+  return tf.constant(inv_l.T), tf.constant(mu)
 
 
 def _single_threaded_blas():
@@ -311,8 +413,8 @@ def fit(train_x, train_y, num_classes: int, *, l2: Optional[float] = None,
         max_iter: int = DEFAULT_MAX_ITER, batch_size: int = DEFAULT_BATCH_SIZE,
         strategy: Optional[tf.distribute.Strategy] = None,
         verbose: bool = False,
-        scipy_options: Optional[Mapping[str, Any]] = None
-        ) -> LogisticRegressionResult:
+        scipy_options: Optional[Mapping[str, Any]] = None,
+        precondition: bool = True) -> LogisticRegressionResult:
   """Fits multinomial logistic regression with L-BFGS, starting from zero.
 
   Args:
@@ -329,6 +431,9 @@ def fit(train_x, train_y, num_classes: int, *, l2: Optional[float] = None,
     verbose: log objective and gradient norm at every iteration.
     scipy_options: overrides of scipy's L-BFGS-B options (e.g. `gtol`,
       `ftol`, `maxcor`); the paper used the defaults.
+    precondition: run L-BFGS in whitened coordinates (see `_whitening`):
+      the same objective and minimum in several times fewer iterations.
+      False: plain L-BFGS on (W, b), as the paper.
 
   Returns:
     A `LogisticRegressionResult`.
@@ -349,10 +454,11 @@ def fit(train_x, train_y, num_classes: int, *, l2: Optional[float] = None,
     raise ValueError(f"max_iter and batch_size must be >= 1, got "
                      f"max_iter={max_iter}, batch_size={batch_size}.")
 
-  objective = Objective(x, y, int(num_classes), l2, batch_size=batch_size,
-                        strategy=strategy)
-  history = []
+  # The clock includes placing the features and the preconditioner.
   start = time.perf_counter()
+  objective = Objective(x, y, int(num_classes), l2, batch_size=batch_size,
+                        strategy=strategy, precondition=precondition)
+  history = []
 
   def callback(intermediate_result):
     history.append((time.perf_counter() - start,
