@@ -37,7 +37,7 @@ _TASKS = flags.DEFINE_list(
 _DIGITS = flags.DEFINE_bool("digits", True, "Also time the digits demo.")
 
 
-def _write_jpegs(root, count, seed=0):
+def write_jpegs(root, count, seed=0):
   """Photo-like JPEGs: smooth colour fields plus grain, 400x350 give or take.
 
   Pure noise would not compress like a photo and would decode slower."""
@@ -80,7 +80,7 @@ def main(argv):
         f"cpus={os.cpu_count()} tf={tf.__version__}")
   root = tempfile.mkdtemp(prefix="selfsup_bench_")
   try:
-    _write_jpegs(root, _NUM_IMAGES.value)
+    write_jpegs(root, _NUM_IMAGES.value)
     source = data.get("image_folder", root=root)
     print(f"-- {_NUM_IMAGES.value} JPEGs of ~400x350 in a temporary folder")
     _report("read + decode + resize(224) (baseline)", source, "resize(224)")

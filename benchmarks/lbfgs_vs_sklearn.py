@@ -262,6 +262,8 @@ def _child(args, which, serve=False, **extra):
   """Runs a child to its JSON result, or starts a server child (serve)."""
   argv = [os.path.abspath(__file__), f"--child={which}"]
   for key, value in dict(vars(args), **extra).items():
+    if key == "also_plain":
+      continue
     if key in ("unaligned", "paper_options", "no_precondition"):
       argv += [f"--{key}"] if value else []
     elif key not in ("child", "json"):
@@ -273,6 +275,10 @@ def _child(args, which, serve=False, **extra):
     return subprocess.Popen([sys.executable, *argv], env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
   return common.run_child(argv, env)
+
+
+def _fmt_ratio(value):
+  return "never" if value is None else f"{value:.2f}x"
 
 
 def _summary(runs, key):
@@ -323,6 +329,9 @@ def main():
   parser.add_argument("--no_precondition", action="store_true",
                       help="selfsup without its whitening preconditioner "
                       "(plain L-BFGS on (W, b), as the paper).")
+  parser.add_argument("--also_plain", action="store_true",
+                      help="After each selfsup run, one without the "
+                      "preconditioner: its time and peak memory too.")
   parser.add_argument("--unaligned", action="store_true",
                       help="Plain np.empty features, which fit must copy.")
   parser.add_argument("--json", default="", help="Write the numbers here.")
@@ -352,10 +361,15 @@ def main():
         f"{flops / 1e9:.1f} GFLOP per evaluation, load average "
         f"{os.getloadavg()[0]:.1f}", flush=True)
   runs = {"sklearn": [], "selfsup": []}
+  if args.also_plain and not args.no_precondition:
+    runs["selfsup_plain"] = []
   for _ in range(args.repeats):
     runs["sklearn"].append(_child(args, "sklearn"))
-    runs["selfsup"].append(_child(args, "selfsup",
-                                  target=runs["sklearn"][-1]["objective"]))
+    target = runs["sklearn"][-1]["objective"]
+    runs["selfsup"].append(_child(args, "selfsup", target=target))
+    if "selfsup_plain" in runs:
+      runs["selfsup_plain"].append(_child(args, "selfsup", target=target,
+                                          no_precondition=True))
   rows = []
   for name, rs in runs.items():
     row = {k: _summary(rs, k) for k in rs[0]}
@@ -375,7 +389,7 @@ def main():
       ("objective", "{:.8f}", "objective"), ("top1", "{:.4f}", "train top1"),
       ("fit_mb", "{:.0f}", "fit MB"),
       ("peak_x_features", "{:.2f}", "(features+fit)/features")]))
-  sk, ours = rows
+  sk, ours = rows[:2]
   print(f"features {sk['features_mb']:.0f} MB; BLAS: sklearn "
         f"{runs['sklearn'][0]['blas']}, selfsup {runs['selfsup'][0]['blas']}")
   ratios = [s["seconds"] / o["reach_seconds"]
@@ -401,9 +415,20 @@ def main():
           f"{t_ours * 1e3:.0f} ms ({flops / t_ours / 1e9:.0f} GF/s): "
           f"{t_sk / t_ours:.2f}x (values {interleaved['values']['sklearn']:.8f}"
           f" and {interleaved['values']['selfsup']:.8f})")
+  plain = None
+  if "selfsup_plain" in runs:
+    plain = rows[2]
+    reach = [s["seconds"] / o["reach_seconds"]
+             for s, o in zip(runs["sklearn"], runs["selfsup_plain"])
+             if o["reach_seconds"]]
+    plain["speedup"] = common.median(reach) if reach else None
+    print(f"selfsup without the preconditioner: {plain['iterations']:.0f} "
+          f"iterations, {plain['seconds']:.1f}s, reached sklearn's objective "
+          f"{_fmt_ratio(plain['speedup'])} faster; peak "
+          f"{plain['peak_x_features']:.2f}x the features")
   common.write_json(args.json, dict(
       benchmark="lbfgs_vs_sklearn", args=vars(args),
-      flops_per_evaluation=flops, runs=runs,
+      flops_per_evaluation=flops, runs=runs, rows=rows, plain=plain,
       speedup=common.median(ratios) if ratios else None,
       speedup_per_run=ratios, interleaved=interleaved))
 
