@@ -30,15 +30,15 @@ def _unit(layers, x, filters, *, strides, version, bottleneck, skip, name):
   project = strides > 1 or in_channels != filters
   inner = filters // 4 if bottleneck else filters
 
+  # The identity path carries the unit's input (He et al.'s v2 and the
+  # authors' `bottleneck_v2` alike); only a projection reads the v2
+  # pre-activated tensor.
+  shortcut = x
   if version == "v2":
     x = layers.bn_relu(x, f"{name}_preact")
-    # The projection reads the pre-activated input, as in the authors' v2.
-    shortcut = x
-  else:
-    shortcut = x
   if project and skip:
-    shortcut = layers.conv(shortcut, filters, 1, strides=strides,
-                           name=f"{name}_proj")
+    shortcut = layers.conv(x if version == "v2" else shortcut, filters, 1,
+                           strides=strides, name=f"{name}_proj")
     if version == "v1":
       shortcut = layers.bn(shortcut, f"{name}_proj_bn")
 
