@@ -1,6 +1,8 @@
 """Named image sources, their splits, low-data subsets and the input pipeline.
 
     source = selfsup.data.get("imagenet2012", data_dir="/data/tfds")
+    source = selfsup.data.get("tfds", dataset="cifar10", data_dir="/data/tfds")
+    source = selfsup.data.get("fashion_mnist", image_size=32)
     ds = selfsup.data.make_pipeline(source, "train", "resize(256)|rotate",
                                     batch_size=1024, training=True, seed=0)
 
@@ -10,6 +12,7 @@ sources, the bad-file policy and sharding.
 """
 
 from selfsup.data import digits as _digits
+from selfsup.data import fashion_mnist as _fashion_mnist
 from selfsup.data import folder as _folder
 from selfsup.data import tfds_source as _tfds_source
 from selfsup.data.base import IndexedSource
@@ -17,6 +20,7 @@ from selfsup.data.base import Source
 from selfsup.data.decode import BadImagesError
 from selfsup.data.decode import DataNotFoundError
 from selfsup.data.decode import decode_rgb
+from selfsup.data.fashion_mnist import IDXError
 from selfsup.data.pipeline import make_pipeline
 from selfsup.data.subset import subset
 from selfsup.data.subset import Subset
@@ -49,8 +53,9 @@ def get(name, *, fraction=None, subset_seed=0, **kwargs):
     fraction: if given, cut the training splits to this fraction of every
       class (see `subset`).
     subset_seed: which subset, when `fraction` is given.
-    **kwargs: the source's own arguments (`data_dir` for TFDS sources, `root`
-      for folders, `image_size` for digits, ...).
+    **kwargs: the source's own arguments (`data_dir` for TFDS sources and
+      fashion_mnist, `dataset` for `tfds`, `root` for folders, `image_size`
+      for digits, ...).
 
   Returns:
     A `Source`.
@@ -73,9 +78,12 @@ register("places365_small")(_tfds_source.places365_small)
 register("places205")(_folder.places205)
 register("image_folder")(_folder.ImageFolder)
 register("digits")(_digits.Digits)
+register("fashion_mnist")(_fashion_mnist.FashionMNIST)
+register("tfds")(_tfds_source.tfds_dataset)
 
 __all__ = [
-    "BadImagesError", "DataNotFoundError", "IndexedSource", "Source",
+    "BadImagesError", "DataNotFoundError", "IDXError", "IndexedSource",
+    "Source",
     "Subset", "decode_rgb", "get", "list", "make_pipeline", "register",
     "subset",
 ]
