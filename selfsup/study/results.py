@@ -1,0 +1,131 @@
+"""Reads a study's cells back: one flat row per evaluation result.
+
+A row joins the cell's own settings (from cell.json, written by the runner:
+task, kind, backbone, width, representation size, option, seed, source)
+with one results.json entry read as a self-describing dict: protocol,
+layer, source, eval_split, fraction and top1 are expected; any other key
+(an SGD schedule, the preconditioner, a seed, an export fingerprint) is kept
+as a setting of its own, so entries that differ in it stay apart.
+"""
+import json
+import os
+import re
+
+from selfsup.study import runner
+
+REQUIRED = ("protocol", "layer", "source", "eval_split", "fraction", "top1")
+# Measurements and bookkeeping of an entry, never settings that tell two
+# entries apart.
+METRICS = frozenset((
+    "top1", "top5", "objective", "iterations", "converged", "seconds",
+    "export_seconds", "l2", "dim", "num_train", "num_eval", "features",
+    "pretext", "eval_loss", "train_loss", "steps_per_epoch", "history",
+    "task", "backbone", "width"))
+# Settings of the runner's step that results.json may not record itself.
+STEP_KEYS = ("sgd_schedule",)
+CELL_KEYS = ("task", "kind", "backbone", "width", "representation_size",
+             "option", "option_kwargs", "seed", "source")
+
+
+def load_paper(path=None):
+  """The paper's numbers shipped with selfsup (paper_results.json)."""
+  path = path or os.path.join(os.path.dirname(__file__), "paper_results.json")
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_cells(root):
+  """[cell dict]: cell.json plus `pretext` (pretext accuracy at the end)."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"--root={root!r} is not a folder: expected the "
+                            f"root a bin/study run wrote.")
+  cells = []
+  for name in sorted(os.listdir(root)):
+    cell_dir = os.path.join(root, name)
+    record = runner.read_record(cell_dir)
+    if record is None:
+      continue
+    record["dir"] = cell_dir
+    record["settings"] = dict(record.get("settings") or {})
+    settings = record["settings"]
+    pretrain = _read_json(os.path.join(cell_dir, "pretrain_results.json"))
+    end = (pretrain or {}).get("pretext_eval_end") or {}
+    record["pretext"] = end.get("accuracy")
+    if not settings.get("source"):
+      settings["source"] = _config_source(cell_dir)
+    cells.append(record)
+  if not cells:
+    raise FileNotFoundError(f"no cell under {root!r} (no <cell>/cell.json): "
+                            f"expected the root a bin/study run wrote.")
+  return cells
+
+
+def rows(cells):
+  """One row per (cell, result entry); entries tagged by the runner with the
+  step that made them first, then the rest of results.json."""
+  out = []
+  for cell in cells:
+    seen = []
+    for step in cell.get("steps", []):
+      for entry in step.get("results") or []:
+        seen.append(entry)
+        out.append(_row(cell, entry, step.get("settings") or {}))
+    for entry in _read_json(os.path.join(cell["dir"], "results.json")) or []:
+      if isinstance(entry, dict) and entry not in seen:
+        out.append(_row(cell, entry, {}))
+  return [r for r in out if r is not None]
+
+
+def _row(cell, entry, step_settings):
+  missing = [k for k in REQUIRED if k not in entry]
+  if missing:
+    return None  # not an evaluation result this reader understands
+  row = {k: cell["settings"].get(k) for k in CELL_KEYS}
+  row["cell"] = cell["name"]
+  row["pretrain_source"] = row.pop("source")
+  row["pretext"] = cell.get("pretext")
+  settings = {}
+  for key, value in entry.items():
+    if key not in METRICS:
+      settings[key] = _hashable(value)
+  for key in STEP_KEYS:
+    if step_settings.get(key) is not None:
+      settings.setdefault(key, _hashable(step_settings[key]))
+  row.update(settings)
+  row["settings"] = tuple(sorted(settings))
+  row["top1"] = float(entry["top1"])
+  row["top5"] = entry.get("top5")
+  row["history"] = entry.get("history")
+  row["skip_connections"] = (row.get("option_kwargs") or {}).get(
+      "skip_connections", True)
+  return row
+
+
+def _hashable(value):
+  if isinstance(value, (list, tuple)):
+    return tuple(_hashable(v) for v in value)
+  if isinstance(value, dict):
+    return json.dumps(value, sort_keys=True, default=str)
+  return value
+
+
+def _read_json(path):
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError:
+    return None
+
+
+def _config_source(cell_dir):
+  """build_source.name from the workdir's config.gin, for cells whose spec
+  left the source to the gin files."""
+  path = os.path.join(cell_dir, "config.gin")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    match = re.search(r"^build_source\.name = ['\"]([^'\"]+)['\"]", f.read(),
+                      re.M)
+  return match.group(1) if match else None

@@ -1,0 +1,315 @@
+"""bin/study and bin/report: grid expansion, commands, a real two-cell study
+on digits (run, kill, resume) and the report on hand-written results."""
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import pytest
+
+from selfsup.study import report, results, runner, spec as spec_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _spec(**kw):
+  fields = dict(name="t", tasks=("rotation", "jigsaw"),
+                backbones=("resnet50_v2", "revnet50"), widths=(0.25, 0.5))
+  fields.update(kw)
+  return spec_lib.make_spec(**fields)
+
+
+def test_grid_expansion_and_names():
+  spec = _spec(task_widths={"jigsaw": (0.25,)}, baselines=("random_init",),
+               backbone_options={"": {}, "noskip": {"skip_connections": False}},
+               evaluations=("lbfgs", "sgd_linear"), fractions=(None, 0.1),
+               sgd_schedules={"first30": 30, "first480": 480})
+  cells = spec_lib.expand(spec)
+  # (rotation: 2 widths + jigsaw: 1 + random_init: 2) x 2 backbones x 2 options
+  assert len(cells) == (2 + 1 + 2) * 2 * 2
+  names = [c.name for c in cells]
+  assert len(set(names)) == len(names)
+  assert "rotation-resnet50_v2-w0.25" in names
+  assert "jigsaw-revnet50-w0.25-noskip" in names
+  assert "jigsaw-revnet50-w0.5" not in names
+  cell = next(c for c in cells if c.name == "random_init-revnet50-w0.5-noskip")
+  assert cell.settings["kind"] == "random_init"
+  assert cell.pretrain["gin_files"][0] == "gin/rotation.gin"
+  assert "TrainConfig.train_steps = 0" in cell.pretrain["params"]
+  assert ('build_task.backbone_kwargs = {"skip_connections": False}'
+          in cell.pretrain["params"])
+  # lbfgs x 2 fractions + sgd_linear x 2 fractions x 2 schedules
+  labels = [e["label"] for e in cell.evals]
+  assert labels == ["lbfgs", "lbfgs-f0.1", "sgd_linear-sgdfirst30",
+                    "sgd_linear-sgdfirst480", "sgd_linear-f0.1-sgdfirst30",
+                    "sgd_linear-f0.1-sgdfirst480"]
+  sgd = cell.evals[2]["params"]
+  assert 'linear_eval.sgd_kwargs = {"epochs": 70, "decay_epochs": (30, 50)}' \
+      in sgd
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(widths=(0,)), "width 0"),
+    (dict(tasks=("rotaton",)), "gin/rotaton.gin"),
+    (dict(baselines=("random",)), "baseline 'random'"),
+    (dict(fractions=(1.5,)), "fraction 1.5"),
+    (dict(evaluations=("lbgfs",)), "gin/eval/lbgfs.gin"),
+    (dict(task_widths={"exemplar": (4,)}), "task_widths names 'exemplar'"),
+    (dict(backbones=()), "study.backbones=()"),
+    (dict(sgd_schedules={"x": -3}), "SGD schedule 'x'"),
+])
+def test_bad_specs_are_named(kw, needle):
+  with pytest.raises(ValueError) as err:
+    _spec(**kw)
+  assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("name,count", [("demo", 36), ("paper_table1", 114),
+                                        ("paper_layers", 12),
+                                        ("paper_width_repr", 12)])
+def test_study_files_expand(name, count):
+  gin.clear_config()
+  try:
+    gin.parse_config_file(os.path.join(REPO, "gin", "study", f"{name}.gin"))
+    spec = spec_lib.study()
+  finally:
+    gin.clear_config()
+  cells = spec_lib.expand(spec)
+  assert len(cells) == count
+  for cell in cells:  # every file a command names exists
+    for path in cell.pretrain["gin_files"] + [
+        f for e in cell.evals for f in e["gin_files"]]:
+      assert os.path.exists(os.path.join(REPO, path)), path
+
+
+def test_dry_run_prints_the_exact_commands(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "bin", "study"),
+       "--gin_file=gin/study/demo.gin", f"--root={tmp_path}", "--dry_run",
+       "--only=^jigsaw-revnet50"], capture_output=True, text=True,
+      timeout=120, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  assert lines[0].startswith("# study demo (digits): 2 cells")
+  assert [l for l in lines if l.startswith("# cell")] == [
+      "# cell jigsaw-revnet50-w0.25", "# cell jigsaw-revnet50-w0.5"]
+  argv = shlex.split(lines[2])
+  assert argv[1].endswith("bin/pretrain")
+  assert argv[2:4] == ["--gin_file=gin/jigsaw.gin", "--gin_file=gin/demo.gin"]
+  assert '--gin_param=build_task.backbone = "revnet50"' in argv
+  assert argv[-1] == f"--workdir={tmp_path}/jigsaw-revnet50-w0.25"
+  evaluate = shlex.split(lines[3])
+  assert evaluate[1].endswith("bin/linear_eval")
+  assert "--gin_file=gin/eval/layerwise.gin" in evaluate
+  assert not os.listdir(tmp_path)  # nothing run, nothing written
+
+
+def test_bad_study_flags_fail_clearly(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "bin", "study"),
+       "--gin_file=gin/study/demo.gin", f"--root={tmp_path}", "--dry_run",
+       "--gin_param=study.widths=(-1,)"], capture_output=True, text=True,
+      timeout=120, cwd=REPO)
+  assert proc.returncode != 0
+  assert "error: bad study: width -1 is not valid" in proc.stderr
+
+
+TINY_STUDY = """
+import selfsup.study.spec
+study.name = "tiny"
+study.tasks = ("rotation",)
+study.baselines = ("random_init",)
+study.backbones = ("resnet50_v2",)
+study.widths = (0.25,)
+study.source = "digits"
+study.gin_files = ("gin/demo.gin",)
+study.params = ("build_task.image_size = 16",
+                'build_source.source_kwargs = {"image_size": 16}',
+                "TrainConfig.train_steps = 4", "TrainConfig.steps_per_loop = 2",
+                "TrainConfig.checkpoint_steps = 2",
+                "TrainConfig.eval_batches = 1")
+study.evaluations = ("lbfgs",)
+study.layers = ("block4", "pre_logits")
+study.eval_params = ("linear_eval.max_iter = 50",)
+"""
+
+
+def _study(gin_file, root, *extra, **kw):
+  return subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "bin", "study"),
+       f"--gin_file={gin_file}", f"--root={root}", *extra],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), **kw)
+
+
+def test_two_cell_study_runs_resumes_after_kill_and_reports(tmp_path):
+  gin_file = tmp_path / "tiny.gin"
+  gin_file.write_text(TINY_STUDY)
+  root = tmp_path / "root"
+  first = root / "rotation-resnet50_v2-w0.25"
+  second = root / "random_init-resnet50_v2-w0.25"
+  proc = _study(gin_file, root, start_new_session=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    record = runner.read_record(str(first))
+    if record and record["status"] == "done":
+      break
+    time.sleep(0.5)
+  assert runner.read_record(str(first))["status"] == "done", proc.stdout.read()
+  os.killpg(proc.pid, signal.SIGKILL)  # the study and its running command
+  proc.wait()
+  assert (runner.read_record(str(second)) or {}).get("status") != "done"
+
+  proc = _study(gin_file, root)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out
+  assert "pretrain: done, skipped" in out  # the first cell is not re-run
+  for cell_dir in (first, second):
+    record = runner.read_record(str(cell_dir))
+    assert record["status"] == "done" and record["error"] is None
+    assert [s["status"] for s in record["steps"]] == ["done", "done"]
+  assert runner.read_record(str(first))["steps"][0]["runs"] == 1
+  assert runner.read_record(str(second))["settings"]["kind"] == "random_init"
+
+  tic = time.time()  # a finished study re-runs in seconds
+  proc = _study(gin_file, root)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0 and out.count("done, skipped") == 4, out
+  assert time.time() - tic < 30
+
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "bin", "report"),
+                         f"--root={root}"], capture_output=True, text=True,
+                        timeout=120, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr
+  text = (root / "report" / "report.md").read_text()
+  assert "| architecture | rotation x0.25 | random_init x0.25 |" in text
+  assert "evaluated on digits split val" in text
+  line = next(l for l in text.splitlines() if l.startswith("| resnet50_v2 |"))
+  values = [float(v.strip("* ")) for v in line.split("|")[2:4]]
+  assert all(0 <= v <= 100 for v in values)
+  assert (root / "report" / "fig5_digits_lbfgs_all.png").stat().st_size > 0
+  assert (root / "report" / "fig2_digits_lbfgs_all.png").stat().st_size > 0
+
+
+def test_failed_cell_is_recorded_and_the_study_goes_on(tmp_path):
+  gin_file = tmp_path / "bad.gin"
+  gin_file.write_text(TINY_STUDY.replace(
+      'study.baselines = ("random_init",)', 'study.widths = (0.25, 0.5)')
+      .replace('"TrainConfig.train_steps = 4"', '"TrainConfig.batchsize = 4"')
+      .replace("study.widths = (0.25,)\n", ""))
+  proc = _study(gin_file, tmp_path / "root")
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 1, out
+  assert "0 of 2 cells done; failed: rotation-resnet50_v2-w0.25, " \
+         "rotation-resnet50_v2-w0.5" in out
+  for width in ("0.25", "0.5"):
+    record = runner.read_record(
+        str(tmp_path / "root" / f"rotation-resnet50_v2-w{width}"))
+    assert record["status"] == "failed"
+    assert record["error"].startswith("pretrain: error: bad gin")
+    assert "batchsize" in record["error"]
+    assert [s["status"] for s in record["steps"]] == ["failed", "pending"]
+
+
+def _cell(root, name, settings, entries, pretext=None, steps=None):
+  cell_dir = os.path.join(root, name)
+  os.makedirs(cell_dir)
+  base = {"task": None, "kind": "pretext", "backbone": None, "width": None,
+          "representation_size": None, "option": None, "option_kwargs": {},
+          "seed": None, "source": "imagenet2012", "study": "hand-written"}
+  record = {"name": name, "settings": dict(base, **settings),
+            "status": "done", "error": None,
+            "steps": steps or [{"label": "pretrain", "kind": "pretrain",
+                                "seconds": 12.0, "results": []}]}
+  with open(os.path.join(cell_dir, "cell.json"), "w") as f:
+    json.dump(record, f)
+  with open(os.path.join(cell_dir, "results.json"), "w") as f:
+    json.dump(entries, f)
+  if pretext is not None:
+    with open(os.path.join(cell_dir, "pretrain_results.json"), "w") as f:
+      json.dump({"pretext_eval_end": {"accuracy": pretext}}, f)
+
+
+def _entry(top1, layer="pre_logits", source="places205", **extra):
+  return dict({"protocol": "lbfgs", "layer": layer, "source": source,
+               "eval_split": "val", "fraction": None, "top1": top1,
+               "top5": min(1.0, top1 + 0.2), "iterations": 10,
+               "export_fingerprint": f"fp{top1}", "precondition": True},
+              **extra)
+
+
+@pytest.fixture
+def hand_written(tmp_path):
+  root = str(tmp_path / "root")
+  os.makedirs(root)
+  _cell(root, "rotation-revnet50-w4", dict(task="rotation",
+                                           backbone="revnet50", width=4),
+        [_entry(0.40, layer="block3"), _entry(0.45)], pretext=0.9)
+  _cell(root, "rotation-resnet50_v1-w4", dict(
+      task="rotation", backbone="resnet50_v1", width=4),
+        [_entry(0.35, layer="block3"), _entry(0.30),
+         _entry(0.99, layer="logits", source="imagenet2012",
+                future_setting="x")], pretext=0.8)
+  _cell(root, "exemplar-revnet50-w4", dict(task="exemplar",
+                                           backbone="revnet50", width=4),
+        [_entry(0.33)], pretext=0.5)
+  # The ablation: ResNet18 with and without skips on ImageNet, by layer.
+  for option, kwargs, vals in (("skip", {}, (0.2, 0.3)),
+                               ("noskip", {"skip_connections": False},
+                                (0.2, 0.25))):
+    _cell(root, f"rotation-resnet18_v2-w4-{option}", dict(
+        task="rotation", backbone="resnet18_v2", width=4, option=option,
+        option_kwargs=kwargs),
+          [_entry(vals[0], layer="block1", source="imagenet2012"),
+           _entry(vals[1], layer="block2", source="imagenet2012")])
+  os.makedirs(os.path.join(root, "not_a_cell"))
+  return root
+
+
+def test_report_reads_self_describing_entries(hand_written):
+  cells = results.load_cells(hand_written)
+  assert len(cells) == 5
+  rows = results.rows(cells)
+  assert len(rows) == 10
+  odd = next(r for r in rows if r["layer"] == "logits")
+  assert odd["future_setting"] == "x" and odd["precondition"] is True
+  assert odd["task"] == "rotation" and odd["pretext"] == 0.8
+
+
+def test_report_tables_and_figures(hand_written, tmp_path):
+  out = str(tmp_path / "report")
+  written = report.write_report(hand_written, out)
+  assert os.path.join(out, "report.md") in written
+  text = open(os.path.join(out, "report.md")).read()
+  # One pre-logits table on Places205 (fingerprints do not split it), with
+  # the best architecture in bold and the paper's number (supplementary
+  # Table 3) in brackets.
+  assert "evaluated on places205 split val (trained on train, all of it); " \
+         "protocol lbfgs (precondition=True)" in text
+  assert "| architecture | rotation x4 | exemplar x4 |" in text
+  assert "| revnet50 | **45.0** [41.8] | **33.0** [39.4] |" in text
+  assert "| resnet50_v1 | 30.0 [38.1] |  |" in text
+  assert "supplementary Table 3" in text
+  # The ablation with its difference row and the paper's supplementary
+  # Table 1 numbers.
+  assert "| option | block1 | block2 |" in text
+  table = text[text.index("| option | block1 | block2 |"):].splitlines()
+  assert table[2:5] == ["| skip | 20.0 [26.0] | 30.0 [36.0] |",
+                        "| noskip | 20.0 [26.0] | 25.0 [33.3] |",
+                        "| diff. skip - noskip | +0.0 | +5.0 |"]
+  pngs = [p for p in written if p.endswith(".png")]
+  assert any("fig2_places205" in p for p in pngs)
+  assert any("fig5_places205" in p for p in pngs)
+  assert any("fig4_places205" in p for p in pngs)
+  for p in pngs:
+    assert open(p, "rb").read(4) == b"\x89PNG"
+  assert "<table>" in open(os.path.join(out, "report.html")).read()
+
+
+def test_report_on_an_empty_root_fails_clearly(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no cell under"):
+    results.load_cells(str(tmp_path))
