@@ -41,12 +41,15 @@ EXTRAS = {
     # The demo renders scikit-learn's digits; tests also use scikit-image photos
     # and compare the L-BFGS fit against scikit-learn.
     "demo": ["scikit-learn>=1.3"],
+    # bin/report's figures (bin/study and the tables need nothing more).
+    "study": ["matplotlib>=3.7"],
     "test": [
         f"tensorflow-cpu=={TF_VERSION}",
         "scikit-learn>=1.3",
         "scikit-image>=0.22",
         "pytest>=8",
         "pytest-timeout>=2.2",
+        "matplotlib>=3.7",
     ],
 }
 
@@ -61,7 +64,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["selfsup", "selfsup.*"]),
-    package_data={"selfsup": ["assets/*.bin"]},
+    package_data={"selfsup": ["assets/*.bin", "study/paper_results.json"]},
     include_package_data=True,
     install_requires=CORE,
     extras_require=EXTRAS,
@@ -69,6 +72,8 @@ setup(
         "console_scripts": [
             "selfsup-pretrain=selfsup.cli.pretrain:run",
             "selfsup-linear-eval=selfsup.cli.linear_eval:run",
+            "selfsup-study=selfsup.study.cli:run_study",
+            "selfsup-report=selfsup.study.cli:run_report",
         ],
     },
     classifiers=[

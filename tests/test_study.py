@@ -235,10 +235,15 @@ def _cell(root, name, settings, entries, pretext=None, steps=None):
 
 
 def _entry(top1, layer="pre_logits", source="places205", **extra):
+  # As protocol.py writes them: the protocol's options nested under
+  # "settings", the export's fingerprint and the entry's key, which differ
+  # from cell to cell and must not split a table.
   return dict({"protocol": "lbfgs", "layer": layer, "source": source,
                "eval_split": "val", "fraction": None, "top1": top1,
                "top5": min(1.0, top1 + 0.2), "iterations": 10,
-               "export_fingerprint": f"fp{top1}", "precondition": True},
+               "export": {"weights_sha256": f"{top1}", "step": 10},
+               "key": f"k{top1}", "time": "2026-01-01T00:00:00",
+               "settings": {"max_iter": 800, "precondition": True}},
               **extra)
 
 
@@ -277,6 +282,7 @@ def test_report_reads_self_describing_entries(hand_written):
   assert len(rows) == 10
   odd = next(r for r in rows if r["layer"] == "logits")
   assert odd["future_setting"] == "x" and odd["precondition"] is True
+  assert odd["max_iter"] == 800
   assert odd["task"] == "rotation" and odd["pretext"] == 0.8
 
 
@@ -289,7 +295,7 @@ def test_report_tables_and_figures(hand_written, tmp_path):
   # the best architecture in bold and the paper's number (supplementary
   # Table 3) in brackets.
   assert "evaluated on places205 split val (trained on train, all of it); " \
-         "protocol lbfgs (precondition=True)" in text
+         "protocol lbfgs (max_iter=800, precondition=True)" in text
   assert "| architecture | rotation x4 | exemplar x4 |" in text
   assert "| revnet50 | **45.0** [41.8] | **33.0** [39.4] |" in text
   assert "| resnet50_v1 | 30.0 [38.1] |  |" in text

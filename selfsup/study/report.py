@@ -18,8 +18,8 @@ from selfsup.study.spec import fmt
 
 # Keys that identify one cell's artefacts rather than an evaluation setting:
 # they must not split a table into one table per cell.
-_IDENTITY = re.compile(r"fingerprint|export|feature|workdir|path|dir$|hash|"
-                       r"checksum|time|date")
+_IDENTITY = re.compile(r"^(key|time|date|export|features.*|source_args)$|"
+                       r"fingerprint|sha256|hash|checksum|workdir|path|_dir$")
 _ROW_AXES = ("backbone", "option", "representation_size", "seed")
 LAYER_ORDER = ("after_root", "block1", "block2", "block3", "block4",
                "pre_logits", "logits")
@@ -27,7 +27,8 @@ LAYER_ORDER = ("after_root", "block1", "block2", "block3", "block4",
 
 def context_keys(row):
   """The settings of `row` that define which table it belongs in."""
-  keys = [k for k in row["settings"] if k != "layer" and not _IDENTITY.search(k)]
+  keys = [k for k in row["_settings"]
+          if k != "layer" and not _IDENTITY.search(k)]
   return ("pretrain_source",) + tuple(keys)
 
 

@@ -21,6 +21,8 @@ METRICS = frozenset((
     "export_seconds", "l2", "dim", "num_train", "num_eval", "features",
     "pretext", "eval_loss", "train_loss", "steps_per_epoch", "history",
     "task", "backbone", "width"))
+# An entry may group its protocol's options in one dict under this key.
+NESTED = "settings"
 # Settings of the runner's step that results.json may not record itself.
 STEP_KEYS = ("sgd_schedule",)
 CELL_KEYS = ("task", "kind", "backbone", "width", "representation_size",
@@ -86,13 +88,16 @@ def _row(cell, entry, step_settings):
   row["pretext"] = cell.get("pretext")
   settings = {}
   for key, value in entry.items():
-    if key not in METRICS:
+    if key == NESTED and isinstance(value, dict):
+      # The protocol's own options ({"max_iter": 800, "precondition": ...}).
+      settings.update((k, _hashable(v)) for k, v in value.items())
+    elif key not in METRICS:
       settings[key] = _hashable(value)
   for key in STEP_KEYS:
     if step_settings.get(key) is not None:
       settings.setdefault(key, _hashable(step_settings[key]))
   row.update(settings)
-  row["settings"] = tuple(sorted(settings))
+  row["_settings"] = tuple(sorted(settings))
   row["top1"] = float(entry["top1"])
   row["top5"] = entry.get("top5")
   row["history"] = entry.get("history")

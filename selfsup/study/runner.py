@@ -23,7 +23,7 @@ STUDY_RECORD = "study.json"
 
 def pretrain_command(cell, workdir, data_dir=None, flags=()):
   """The exact argv of the cell's pretraining."""
-  return ([sys.executable, os.path.join(REPO, "bin", "pretrain")]
+  return (_entry_point("pretrain")
           + [f"--gin_file={f}" for f in cell.pretrain["gin_files"]]
           + [f"--gin_param={p}" for p in cell.pretrain["params"]]
           + [f"--workdir={workdir}"]
@@ -32,11 +32,18 @@ def pretrain_command(cell, workdir, data_dir=None, flags=()):
 
 def eval_command(step, workdir, data_dir=None, flags=()):
   """The exact argv of one evaluation of the cell."""
-  return ([sys.executable, os.path.join(REPO, "bin", "linear_eval"),
-           f"--workdir={workdir}"]
+  return (_entry_point("linear_eval") + [f"--workdir={workdir}"]
           + [f"--gin_file={f}" for f in step["gin_files"]]
           + [f"--gin_param={p}" for p in step["params"]]
           + ([f"--data_dir={data_dir}"] if data_dir else []) + list(flags))
+
+
+def _entry_point(name):
+  """bin/<name> of this checkout, or its module when selfsup is installed."""
+  script = os.path.join(REPO, "bin", name)
+  if os.path.exists(script):
+    return [sys.executable, script]
+  return [sys.executable, "-m", f"selfsup.cli.{name}"]
 
 
 def plan(spec, cells, root, data_dir=None):
