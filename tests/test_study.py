@@ -319,3 +319,34 @@ def test_report_tables_and_figures(hand_written, tmp_path):
 def test_report_on_an_empty_root_fails_clearly(tmp_path):
   with pytest.raises(FileNotFoundError, match="no cell under"):
     results.load_cells(str(tmp_path))
+
+
+def test_report_draws_every_figure_it_has_cells_for(tmp_path):
+  root = str(tmp_path / "root")
+  os.makedirs(root)
+  for width in (4, 8):
+    for size in (256, 512):
+      history = [{"epoch": e, "top1": 0.1 * e} for e in (1, 2, 3)]
+      steps = [{"label": "pretrain", "kind": "pretrain", "seconds": 1.0}]
+      steps += [{"label": f"sgd_linear-sgd{s}", "kind": "eval",
+                 "seconds": 2.0, "settings": {"sgd_schedule": s},
+                 "results": [_entry(0.3 + 0.01 * e, protocol="sgd_linear",
+                                    source="imagenet2012", epochs=e,
+                                    history=history[:e])]}
+                for s, e in (("first1", 2), ("first2", 3))]
+      entries = [_entry(0.2 + 0.01 * width + 0.0001 * size,
+                        source="imagenet2012"),
+                 _entry(0.1 + 0.01 * width, source="imagenet2012",
+                        fraction=0.1),
+                 _entry(0.25 + 0.01 * width, source="imagenet2012",
+                        protocol="mlp")]
+      _cell(root, f"rotation-revnet50-w{width}-r{size}", dict(
+          task="rotation", backbone="revnet50", width=width,
+          representation_size=size), entries, pretext=0.7, steps=steps)
+  out = str(tmp_path / "report")
+  written = [os.path.basename(p) for p in report.write_report(root, out)]
+  for prefix in ("fig3_", "fig6_", "fig7_", "fig8_"):
+    assert any(p.startswith(prefix) for p in written), (prefix, written)
+  text = open(os.path.join(out, "report.md")).read()
+  # The two SGD schedules stay apart (the runner's step records say which).
+  assert "sgd_schedule=first1" in text and "sgd_schedule=first2" in text
