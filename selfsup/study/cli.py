@@ -37,7 +37,9 @@ def study_main(argv):
              "in.")
   import gin  # pylint: disable=g-import-not-at-top
   from selfsup.cli import common  # pylint: disable=g-import-not-at-top
-  from selfsup.study import runner, spec as spec_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from selfsup.study import runner
+  from selfsup.study import spec as spec_lib
   common.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
   try:
     spec = spec_lib.study()

@@ -42,8 +42,11 @@ def _ctx_name(ctx):
                f"{'all' if not c.get('fraction') else c['fraction']}")
 
 
+_arch = report_lib.arch_label
+
+
 def _tasks(rows):
-  return report_lib._order({r["task"] for r in rows}, TASKS)  # pylint: disable=protected-access
+  return report_lib.order({r["task"] for r in rows}, TASKS)
 
 
 def _save(fig, out, name, caption):
@@ -77,7 +80,7 @@ def fig2(rows, out):
   pre = [r for r in rows if r["layer"] == "pre_logits"]
   for ctx, sel in _by_context(pre).items():
     tasks = _tasks(sel)
-    archs = report_lib._order(report_lib.arch_label(r) for r in sel)  # pylint: disable=protected-access
+    archs = report_lib.order(_arch(r) for r in sel)
     if len(archs) < 2 and len(tasks) < 2:
       continue
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks) * len(archs) / 2),
@@ -87,7 +90,7 @@ def fig2(rows, out):
       heights = []
       for task in tasks:
         cand = [r for r in sel if r["task"] == task and
-                report_lib.arch_label(r) == arch]
+                _arch(r) == arch]
         widest = max((r["width"] for r in cand), default=None)
         heights.append(max((100 * r["top1"] for r in cand
                             if r["width"] == widest), default=0))
@@ -107,8 +110,8 @@ def fig2(rows, out):
 
 def fig3(rows, out):
   """MLP vs linear, one point per cell and layer."""
-  key = lambda r: (r["cell"], r["layer"], r["source"], r["eval_split"],  # noqa: E731
-                   r["fraction"])
+  def key(r):
+    return r["cell"], r["layer"], r["source"], r["eval_split"], r["fraction"]
   mlp = {key(r): r for r in rows if r["protocol"] == "mlp"}
   pairs = [(r, mlp[key(r)]) for r in rows
            if r["protocol"] in ("lbfgs", "sgd_linear") and key(r) in mlp]
@@ -142,9 +145,9 @@ def fig4(rows, out):
       continue
     fig, axes = _grid(len(tasks))
     for ax, task in zip(axes, tasks):
-      for arch in report_lib._order(report_lib.arch_label(r) for r in sel):  # pylint: disable=protected-access
+      for arch in report_lib.order(_arch(r) for r in sel):
         pts = [r for r in sel if r["task"] == task and
-               report_lib.arch_label(r) == arch]
+               _arch(r) == arch]
         ax.scatter([100 * r["pretext"] for r in pts],
                    [100 * r["top1"] for r in pts], label=arch, s=20)
       ax.set_title(task, fontsize=9)
@@ -165,14 +168,14 @@ def fig5(rows, out):
       continue
     tasks = _tasks(sel)
     fig, axes = _grid(len(tasks))
-    layers = report_lib._order({r["layer"] for r in sel},  # pylint: disable=protected-access
+    layers = report_lib.order({r["layer"] for r in sel},
                                report_lib.LAYER_ORDER)
     for ax, task in zip(axes, tasks):
       cand = [r for r in sel if r["task"] == task]
       widest = max(r["width"] for r in cand)
-      for arch in report_lib._order(report_lib.arch_label(r) for r in cand):  # pylint: disable=protected-access
+      for arch in report_lib.order(_arch(r) for r in cand):
         pts = {r["layer"]: r for r in cand if r["width"] == widest and
-               report_lib.arch_label(r) == arch}
+               _arch(r) == arch}
         xs = [i for i, l in enumerate(layers) if l in pts]
         ax.plot(xs, [100 * pts[layers[i]]["top1"] for i in xs], "o-",
                 label=arch)
@@ -194,7 +197,7 @@ def fig6(rows, out):
   for ctx, sel in _by_context(pre).items():
     if len({r["representation_size"] for r in sel}) < 2:
       continue
-    groups = report_lib._order((r["task"], r["backbone"]) for r in sel)  # pylint: disable=protected-access
+    groups = report_lib.order((r["task"], r["backbone"]) for r in sel)
     fig, axes = _grid(len(groups))
     for ax, (task, backbone) in zip(axes, groups):
       cand = [r for r in sel if r["task"] == task and r["backbone"] == backbone]
@@ -225,11 +228,11 @@ def fig7(rows, out):
     fig, axes = _grid(len(tasks))
     for ax, task in zip(axes, tasks):
       cand = [r for r in sel if r["task"] == task]
-      for arch in report_lib._order(report_lib.arch_label(r) for r in cand):  # pylint: disable=protected-access
+      for arch in report_lib.order(_arch(r) for r in cand):
         for fraction in sorted({r["fraction"] or 1.0 for r in cand}):
           pts = sorted((r["width"], 100 * r["top1"]) for r in cand
                        if (r["fraction"] or 1.0) == fraction and
-                       report_lib.arch_label(r) == arch)
+                       _arch(r) == arch)
           ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-",
                   label=f"{arch}, {100 * fraction:g}%")
       ax.set_xlabel("widening factor")

@@ -88,7 +88,8 @@ def paper_value(row, index):
   return index.get(paper_key(keyed))
 
 
-def _order(values, first=()):
+def order(values, first=()):
+  """Distinct `values`, those in `first` first (in its order), then sorted."""
   values = list(dict.fromkeys(values))
   return sorted(values, key=lambda v: (first.index(v) if v in first else
                                        len(first), str(v)))
@@ -99,16 +100,16 @@ def main_tables(rows, paper):
   index = paper_index(paper)
   tables = []
   pre = [r for r in rows if r["layer"] == "pre_logits"]
-  for ctx in _order(context(r) for r in pre):
+  for ctx in order(context(r) for r in pre):
     sel = [r for r in pre if context(r) == ctx]
-    tasks = _order((r["task"] for r in sel),
+    tasks = order((r["task"] for r in sel),
                    ("rotation", "exemplar", "relative_patch_location",
                     "jigsaw", "random_init", "supervised"))
     columns = []
     for task in tasks:
       widths = sorted({r["width"] for r in sel if r["task"] == task})
       columns += [(task, w) for w in widths]
-    archs = _order(arch_label(r) for r in sel)
+    archs = order(arch_label(r) for r in sel)
     cell = {(arch_label(r), r["task"], r["width"]): r for r in sel}
     best = {}
     for col in columns:
@@ -159,7 +160,7 @@ def ablation_tables(rows, paper):
     options = sorted(kwargs, key=lambda o: (kwargs[o], o))
     if len(options) < 2:
       continue
-    layers = _order((r["layer"] for r in sel), LAYER_ORDER)
+    layers = order((r["layer"] for r in sel), LAYER_ORDER)
     value = {(r.get("option") or "", r["layer"]): r for r in sel}
     header = ["option"] + layers
     body = []
@@ -224,12 +225,13 @@ def build(root, out, figures=True, paper=None):
     blocks.append(markdown_table(header, body))
     blocks += notes
   for title, header, body in ablation_tables(rows, paper):
-    blocks.append(f"## Ablation: backbone options layer by layer")
+    blocks.append("## Ablation: backbone options layer by layer")
     blocks.append(title + ". The paper's is supplementary Table 1 (ResNet18 "
                   "v2, skip connections or none).")
     blocks.append(markdown_table(header, body))
   if figures:
-    from selfsup.study import figures as figures_lib  # pylint: disable=g-import-not-at-top
+    # Only the figures need matplotlib (the [study] extra), imported late.
+    from selfsup.study import figures as figures_lib
     os.makedirs(out, exist_ok=True)
     for path, caption in figures_lib.draw_all(rows, out):
       blocks.append(f"## {caption}")
@@ -265,7 +267,8 @@ def _html(blocks):
   parts = ["<!doctype html><meta charset='utf-8'><title>selfsup study</title>"
            "<style>body{font-family:sans-serif;max-width:80em;margin:auto}"
            "table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-           "padding:2px 6px;text-align:right}img{max-width:100%}</style>"]
+           "padding:2px 6px;text-align:right}img{max-width:100%}"
+           "</style>"]
   for block in blocks:
     if block.startswith("#"):
       level = len(block) - len(block.lstrip("#"))
@@ -277,7 +280,8 @@ def _html(blocks):
       lines = block.splitlines()
       cells = [l.strip("|").split(" | ") for l in lines if not
                l.startswith("|---")]
-      rows = [f"<tr>{''.join(f'<th>{_inline(c)}</th>' for c in cells[0])}</tr>"]
+      head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
+      rows = [f"<tr>{head}</tr>"]
       rows += [f"<tr>{''.join(f'<td>{_inline(c)}</td>' for c in r)}</tr>"
                for r in cells[1:]]
       parts.append("<table>" + "".join(rows) + "</table>")

@@ -19,6 +19,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 CELL_RECORD = "cell.json"
 STUDY_RECORD = "study.json"
+# What a step leaves in the workdir: a step recorded done whose product was
+# deleted runs again.
+_PRODUCT = {"pretrain": os.path.join("export", "info.json"),
+            "eval": "results.json"}
 
 
 def pretrain_command(cell, workdir, data_dir=None, flags=()):
@@ -115,7 +119,8 @@ def run_cell(cell, steps, cell_dir, *, skip_failed=False, log=print):
     entry = dict(step, status="pending", seconds=prev.get("seconds"),
                  error=None, results=prev.get("results", []),
                  runs=prev.get("runs", 0))
-    if prev.get("status") == "done" and prev.get("command") == step["command"]:
+    if (prev.get("status") == "done" and prev.get("command") == step["command"]
+        and os.path.exists(os.path.join(cell_dir, _PRODUCT[step["kind"]]))):
       entry["status"] = "done"
     record["steps"].append(entry)
   path = os.path.join(cell_dir, CELL_RECORD)
@@ -126,10 +131,9 @@ def run_cell(cell, steps, cell_dir, *, skip_failed=False, log=print):
       continue
     _write_json(path, record)
     before = _results(cell_dir)
-    log(f"  {entry['label']}: running ({os.path.join(cell_dir, 'logs', entry['label'])}.log)")
-    code, seconds, error = _execute(
-        entry["command"], os.path.join(cell_dir, "logs",
-                                       entry["label"] + ".log"))
+    log_path = os.path.join(cell_dir, "logs", entry["label"] + ".log")
+    log(f"  {entry['label']}: running ({log_path})")
+    code, seconds, error = _execute(entry["command"], log_path)
     entry.update(seconds=seconds, runs=entry["runs"] + 1)
     if code:
       entry.update(status="failed", error=error)

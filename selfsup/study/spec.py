@@ -94,8 +94,9 @@ def study(name=gin.REQUIRED, tasks=gin.REQUIRED, backbones=gin.REQUIRED,
   known = {f.name for f in dataclasses.fields(StudySpec)}
   unknown = sorted(set(kwargs) - known)
   if unknown:
+    others = sorted(known - {"name", "tasks", "backbones", "widths"})
     raise ValueError(f"study got unknown settings {unknown}: expected some "
-                     f"of {sorted(known - {'name', 'tasks', 'backbones', 'widths'})}.")
+                     f"of {others}.")
   return make_spec(name=name, tasks=tasks, backbones=backbones, widths=widths,
                    **kwargs)
 
@@ -213,7 +214,8 @@ def lit(value):
   if isinstance(value, list):
     return "[" + ", ".join(lit(v) for v in value) + "]"
   if isinstance(value, dict):
-    return "{" + ", ".join(f"{lit(k)}: {lit(v)}" for k, v in value.items()) + "}"
+    items = (f"{lit(k)}: {lit(v)}" for k, v in value.items())
+    return "{" + ", ".join(items) + "}"
   return repr(value)
 
 
