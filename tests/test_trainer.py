@@ -296,7 +296,7 @@ def test_export_writes_keras_savedmodel_and_info(tmp_path):
                                "block4", "pre_logits", "logits"]
   assert info == selfsup.train.load_info(out)
   metrics = trainer.evaluate(split="val", num_batches=2, batch_size=5)
-  assert sorted(metrics) == ["accuracy", "loss"]
+  assert sorted(metrics) == ["accuracy", "images", "loss"]
   assert np.isfinite(metrics["loss"]) and 0 <= metrics["accuracy"] <= 1
 
   images = np.random.default_rng(0).uniform(
@@ -327,7 +327,7 @@ def test_export_writes_keras_savedmodel_and_info(tmp_path):
 
 
 def test_batch_larger_than_the_split_is_refused(tmp_path):
-  with pytest.raises(ValueError, match="batch_size=20 is larger"):
+  with pytest.raises(ValueError, match="batch_size=20 is invalid: expected at most"):
     _trainer(tmp_path, config=runs.config(batch_size=20))
 
 

@@ -5,19 +5,23 @@
         [--data_dir=DIR]
 
 The workdir's own config.gin is read first, so the data source is the one it
-was pretrained on unless a gin file or binding changes `build_source`.
+was pretrained on unless a gin file or binding changes `build_source`; its
+data location is the one the workdir recorded (data.json) unless --data_dir
+gives another. Bad settings and known failures end with one `error:` line
+and exit status 1 (`--verbosity=1` shows the traceback).
 """
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from selfsup.cli import common
 
 FLAGS = flags.FLAGS
 common.define_gin_flags()
 flags.DEFINE_string("workdir", None, "A pretraining workdir (with export/).")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir, or the image folder.")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir, or the image folder "
+                    "(default: the one the workdir was pretrained on).")
 
 
 def main(argv):
@@ -25,25 +29,21 @@ def main(argv):
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if not FLAGS.workdir:
     sys.exit("error: --workdir is required: the workdir bin/pretrain wrote.")
-  logging.set_verbosity(logging.INFO)
+  show_traceback = common.verbose()
+  common.set_logging()
   # Registers the configurables before any gin file is parsed.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from selfsup.data.decode import DataNotFoundError  # pylint: disable=g-import-not-at-top
   from selfsup.evaluation import protocol  # pylint: disable=g-import-not-at-top
-  from selfsup.evaluation.features import FeatureCacheError  # pylint: disable=g-import-not-at-top
-  pretrain_config = os.path.join(FLAGS.workdir, "config.gin")
-  if not tf.io.gfile.exists(os.path.join(FLAGS.workdir, "export", "info.json")):
-    sys.exit(f"error: no exported backbone in {FLAGS.workdir}/export "
-             "(info.json missing): run bin/pretrain with this --workdir to "
-             "the end first.")
-  files = ([pretrain_config] if tf.io.gfile.exists(pretrain_config) else [])
-  common.parse_gin(files + list(FLAGS.gin_file), FLAGS.gin_param)
-  try:
+  with common.reporting(show_traceback):
+    pretrain_config = os.path.join(FLAGS.workdir, "config.gin")
+    if not tf.io.gfile.exists(os.path.join(FLAGS.workdir, "export",
+                                           "info.json")):
+      sys.exit(f"error: no exported backbone in {FLAGS.workdir}/export "
+               "(info.json missing): run bin/pretrain with this --workdir to "
+               "the end first.")
+    files = [pretrain_config] if tf.io.gfile.exists(pretrain_config) else []
+    common.parse_gin(files + list(FLAGS.gin_file), FLAGS.gin_param)
     protocol.linear_eval(FLAGS.workdir, data_dir=FLAGS.data_dir)
-  except DataNotFoundError as err:
-    sys.exit(f"error: {err}")
-  except (FeatureCacheError, FileNotFoundError, ValueError) as err:
-    sys.exit(f"error: {err}")
 
 
 def run():

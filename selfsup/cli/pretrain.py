@@ -3,11 +3,14 @@
     bin/pretrain --gin_file=gin/jigsaw.gin --workdir=DIR [--data_dir=DIR]
         [--gin_file=gin/arch/revnet50.gin] [--gin_param="build_task.width=8"]
         [--tpu=NAME] [--strategy=auto|tpu|multi_worker|mirrored|default]
+
+Bad settings and known failures end with one `error:` line and exit status
+1 (`--verbosity=1` shows the traceback). Re-running a finished workdir
+changes nothing.
 """
 import sys
 
-import gin
-from absl import app, flags, logging
+from absl import app, flags
 
 from selfsup.cli import common
 
@@ -31,28 +34,34 @@ def main(argv):
   if not FLAGS.gin_file:
     sys.exit("error: give at least one --gin_file, e.g. "
              "--gin_file=gin/rotation.gin (see gin/).")
-  logging.set_verbosity(logging.INFO)
+  show_traceback = common.verbose()
+  common.set_logging()
   # Imported after flag checks (TensorFlow is slow to import) and before gin
   # parsing (it registers the configurables).
   from selfsup.data.decode import DataNotFoundError  # pylint: disable=g-import-not-at-top
   from selfsup.train import experiment  # pylint: disable=g-import-not-at-top
-  common.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
-  try:
+
+  def hint(err):
+    return DEMO_HINT if isinstance(err, DataNotFoundError) else None
+
+  with common.reporting(show_traceback, hint):
+    common.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    # Every number, before any data is read or anything is written.
+    experiment.check_config()
     experiment.build_source(
         **({"data_dir": FLAGS.data_dir} if FLAGS.data_dir else {}))
-  except DataNotFoundError as err:
-    sys.exit(f"error: {err}\n\n{DEMO_HINT}")
-  except (ValueError, TypeError) as err:
-    sys.exit(f"error: bad data configuration: {err}")
-  if not FLAGS.workdir:
-    sys.exit("error: --workdir is required (where checkpoints, summaries and "
-             "the exported backbone go).")
-  try:
+    if not FLAGS.workdir:
+      sys.exit("error: --workdir is required (where checkpoints, summaries "
+               "and the exported backbone go).")
     trainer = experiment.prepare(FLAGS.workdir, data_dir=FLAGS.data_dir,
                                  tpu=FLAGS.tpu, strategy_kind=FLAGS.strategy)
-  except (ValueError, TypeError) as err:
-    sys.exit(f"error: {err}")
-  results = experiment.run(trainer)
+    results = experiment.run(trainer)
+  if results.get("already_finished"):
+    print(f"already finished: {FLAGS.workdir} holds {results.get('task')} "
+          f"({results.get('backbone')}) trained for {trainer.step} steps and "
+          "exported; nothing changed (raise TrainConfig.train_steps or "
+          "epochs to train on).")
+    return
   end = results.get("pretext_eval_end", {})
   start = results.get("pretext_eval_start", {})
   print(f"pretrained {results['task']} ({results['backbone']}, width "

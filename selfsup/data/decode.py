@@ -35,8 +35,7 @@ def _decodes(path):
   try:
     decode_rgb(tf.io.read_file(path))
     return True
-  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
-          tf.errors.OutOfRangeError, tf.errors.UnknownError):
+  except tf.errors.OpError:  # undecodable, unreadable, a directory, ...
     return False
 
 

@@ -29,9 +29,26 @@ def _subdirs(path):
 
 
 def _images_in(path):
-  # Filter on the name only: one stat per file is too slow for millions.
+  """Names of the image files in `path` (by extension), not directories.
+
+  Locally the directory entries say which are folders without a stat per
+  file (too slow for millions); remote listings mark folders with a '/'.
+  Files that cannot be read are found by the scan (bad files).
+  """
+  if "://" not in path:
+    with os.scandir(path) as entries:
+      return sorted(e.name for e in entries
+                    if e.name.lower().endswith(EXTENSIONS)
+                    and not _is_dir(e))
   return sorted(e for e in tf.io.gfile.listdir(path)
                 if e.lower().endswith(EXTENSIONS))
+
+
+def _is_dir(entry):
+  try:
+    return entry.is_dir()
+  except OSError:  # a broken link or an unreadable entry: a bad file
+    return False
 
 
 def _stable_rank(keys):

@@ -13,6 +13,14 @@ its file, example count, size and sha256. Shards and metadata are written
 under a temporary name and renamed when complete, and the metadata is
 rewritten after every shard, so an interrupted export resumes shard by shard
 and a reader never mistakes a partial split for a whole one.
+
+Provenance: a split may carry a `fingerprint`, a dict of everything that
+determines its values (the export's weights, the source and its arguments,
+the split, layer, pooling, preprocessing, dtype), and `fingerprint_sha256`.
+A reader that passes its own fingerprint never reads a cache made under
+another (`FeatureCacheError`); `claim` replaces such a cache atomically (the
+metadata first, so no reader sees old shards under the new fingerprint) and
+logs which entries differ.
 """
 import hashlib
 import json
@@ -133,21 +141,104 @@ def completed_examples(out_dir: str, split: str) -> int:
   return sum(s["num_examples"] for s in _verified_prefix(out_dir, meta))
 
 
-def _start(out_dir, split, layer, shard_size, resume) -> dict:
+def fingerprint_sha256(fingerprint: dict) -> str:
+  """The hash of a fingerprint's canonical JSON."""
+  text = json.dumps(fingerprint, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _flatten(obj, prefix=""):
+  if isinstance(obj, dict):
+    out = {}
+    for key, value in obj.items():
+      out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: obj}
+
+
+def differences(old, new) -> list:
+  """'key: old -> new' for each entry in which two fingerprints differ."""
+  old, new = _flatten(old or {}), _flatten(new or {})
+  return [f"{k}: {old.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}"
+          for k in sorted(set(old) | set(new))
+          if old.get(k, "(none)") != new.get(k, "(none)")]
+
+
+def _fresh(split, layer, shard_size, fingerprint=None):
+  meta = dict(format=FORMAT, split=split, layer=layer, dim=None,
+              dtype="float32", complete=False, num_examples=0,
+              shard_size=shard_size, shards=[])
+  if fingerprint is not None:
+    meta.update(fingerprint=fingerprint,
+                fingerprint_sha256=fingerprint_sha256(fingerprint))
+  return meta
+
+
+def _replace_split(out_dir, split, old_meta, fresh):
+  """Marks `split` as `fresh` (atomically), then deletes its old shards."""
+  _write_json_atomically(metadata_path(out_dir, split), fresh)
+  for entry in old_meta.get("shards", []):
+    path = os.path.join(out_dir, entry["file"])
+    if tf.io.gfile.exists(path):
+      tf.io.gfile.remove(path)
+
+
+def matches(meta: dict, fingerprint: dict) -> bool:
+  return meta.get("fingerprint_sha256") == fingerprint_sha256(fingerprint)
+
+
+def claim(out_dir: str, split: str, fingerprint: dict, *, layer: str,
+          shard_size: int = DEFAULT_SHARD_SIZE) -> bool:
+  """Makes `out_dir/split` a cache of `fingerprint`; True if it is complete.
+
+  A cache made under the same fingerprint is kept (complete, or partial to
+  be resumed by `write_split`). Any other (another fingerprint, none, or
+  unreadable metadata) is replaced by an empty one carrying `fingerprint`,
+  and the log says which entries differ.
+  """
+  tf.io.gfile.makedirs(out_dir)
+  fresh = _fresh(split, layer, shard_size, fingerprint)
+  path = metadata_path(out_dir, split)
+  if not tf.io.gfile.exists(path):
+    _write_json_atomically(path, fresh)
+    return False
+  try:
+    meta = load_metadata(out_dir, split)
+  except FeatureCacheError as e:
+    logging.warning("Recomputing %s: %s", path, e)
+    _write_json_atomically(path, fresh)
+    return False
+  if matches(meta, fingerprint) and meta["layer"] == layer:
+    return bool(meta["complete"])
+  why = (differences(meta.get("fingerprint"), fingerprint)
+         if "fingerprint" in meta else ["it records no fingerprint"])
+  logging.warning("Recomputing the features of %s: the cache was made with "
+                  "other settings (%s).", path, "; ".join(why))
+  _replace_split(out_dir, split, meta, fresh)
+  return False
+
+
+def _remove_partial_shards(out_dir, split):
+  """Shards of a killed writer (`<split>-N.tfrecord.tmp`)."""
+  for path in tf.io.gfile.glob(os.path.join(out_dir, f"{split}-*.tmp")):
+    tf.io.gfile.remove(path)
+
+
+def _start(out_dir, split, layer, shard_size, resume, fingerprint) -> dict:
   """Metadata to continue from: the verified part of an earlier run, or new."""
-  fresh = dict(format=FORMAT, split=split, layer=layer, dim=None,
-               dtype="float32", complete=False, num_examples=0,
-               shard_size=shard_size, shards=[])
+  fresh = _fresh(split, layer, shard_size, fingerprint)
   if not tf.io.gfile.exists(metadata_path(out_dir, split)):
     return fresh
   meta = load_metadata(out_dir, split)
-  if not resume:
+  stale = fingerprint is not None and not matches(meta, fingerprint)
+  if not resume or stale:
+    if stale:
+      logging.warning(
+          "Recomputing the features of %s: the cache was made with other "
+          "settings (%s).", metadata_path(out_dir, split), "; ".join(
+              differences(meta.get("fingerprint"), fingerprint)))
     # Mark the split incomplete before its old shards go.
-    _write_json_atomically(metadata_path(out_dir, split), fresh)
-    for entry in meta["shards"]:
-      path = os.path.join(out_dir, entry["file"])
-      if tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
+    _replace_split(out_dir, split, meta, fresh)
     return fresh
   if meta["layer"] != layer or (not meta["complete"]
                                 and meta.get("shard_size") != shard_size):
@@ -199,7 +290,8 @@ def _example(features: np.ndarray, label: int) -> bytes:
 def write_split(out_dir: str, split: str,
                 batches: Union[_Batches, Callable[[int], _Batches]], *,
                 layer: str, shard_size: int = DEFAULT_SHARD_SIZE,
-                resume: bool = True, progress: bool = True) -> dict:
+                resume: bool = True, progress: bool = True,
+                fingerprint: dict = None) -> dict:
   """Writes `split`'s features as shards of `shard_size` examples.
 
   Args:
@@ -215,6 +307,9 @@ def write_split(out_dir: str, split: str,
     resume: keep the complete, verified shards of an earlier run of the same
       layer and shard size, and write only the rest. False rewrites all.
     progress: log each finished shard with counts and rate.
+    fingerprint: what determines the values (see the module docstring): an
+      earlier run under another fingerprint is discarded, not resumed. None
+      keeps whatever fingerprint an earlier run recorded (see `claim`).
 
   Returns:
     The split's metadata, as written to `<out_dir>/<split>.json`.
@@ -225,7 +320,8 @@ def write_split(out_dir: str, split: str,
   if shard_size < 1:
     raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
   tf.io.gfile.makedirs(out_dir)
-  meta = _start(out_dir, split, layer, shard_size, resume)
+  _remove_partial_shards(out_dir, split)
+  meta = _start(out_dir, split, layer, shard_size, resume, fingerprint)
   if meta["complete"]:
     logging.info("%s: already complete (%d examples), nothing to do.",
                  metadata_path(out_dir, split), meta["num_examples"])
@@ -288,10 +384,15 @@ def write_split(out_dir: str, split: str,
   return meta
 
 
-def _complete_shards(out_dir, split, verify):
+def _complete_shards(out_dir, split, verify, fingerprint=None):
   """The metadata and shard paths of a complete, non-empty, intact split."""
   meta = load_metadata(out_dir, split)
   where = metadata_path(out_dir, split)
+  if fingerprint is not None and not matches(meta, fingerprint):
+    raise FeatureCacheError(
+        f"{where} was made with other settings than those asked for ("
+        + "; ".join(differences(meta.get("fingerprint"), fingerprint))
+        + "); export the features again.")
   if not meta["complete"]:
     raise FeatureCacheError(
         f"{where} is incomplete ({meta['num_examples']} examples in "
@@ -329,15 +430,17 @@ def _shard_dataset(path, dim):
       deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
-def read_split(out_dir: str, split: str, *, verify: bool = True):
+def read_split(out_dir: str, split: str, *, verify: bool = True,
+               fingerprint: dict = None):
   """Loads a complete split: (features [N, d] float32, labels [N] int64).
 
   The features are 64-byte aligned. `verify` checks every shard's sha256,
   which reads each file twice. Raises FeatureCacheError, naming the file, on
   missing or incomplete metadata, an empty split, or a shard that is missing,
-  corrupt or inconsistent with the metadata.
+  corrupt or inconsistent with the metadata, or (when `fingerprint` is
+  given) a split made under another fingerprint.
   """
-  meta, paths = _complete_shards(out_dir, split, verify)
+  meta, paths = _complete_shards(out_dir, split, verify, fingerprint)
   n, dim = meta["num_examples"], meta["dim"]
   buf = np.empty(n * dim * 4 + _ALIGN, np.uint8)
   offset = (-buf.ctypes.data) % _ALIGN
@@ -367,7 +470,7 @@ def read_split(out_dir: str, split: str, *, verify: bool = True):
 
 def dataset(out_dir: str, split: str, batch_size: int, *,
             shuffle_buffer: int = 0, seed=None, drop_remainder: bool = False,
-            verify: bool = True) -> tf.data.Dataset:
+            verify: bool = True, fingerprint: dict = None) -> tf.data.Dataset:
   """A `tf.data.Dataset` of (features [b, d] float32, labels [b] int64).
 
   Args:
@@ -384,7 +487,7 @@ def dataset(out_dir: str, split: str, batch_size: int, *,
   Raises:
     FeatureCacheError: as `read_split`, when called.
   """
-  meta, paths = _complete_shards(out_dir, split, verify)
+  meta, paths = _complete_shards(out_dir, split, verify, fingerprint)
   dim = meta["dim"]
   files = tf.data.Dataset.from_tensor_slices(paths)
   if shuffle_buffer:

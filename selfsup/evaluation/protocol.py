@@ -7,22 +7,60 @@ default the data source is the one the workdir was pretrained on (its
 split "train" and the evaluation split "val" (the held-out split the paper
 reports on; "official_val" for comparisons with the literature).
 """
+import datetime
+import hashlib
+import inspect
 import json
 import os
 import time
 
 import gin
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from selfsup import data as data_lib
 from selfsup.evaluation import extract, lbfgs, sgd
 from selfsup.evaluation import features as features_lib
+from selfsup.train import checks
+from selfsup.train import experiment
 from selfsup.train import export as export_lib
-from selfsup.train.experiment import build_source
 
 PROTOCOLS = ("lbfgs", "sgd_linear", "mlp")
 RESULTS = "results.json"
+
+
+def _check_settings(protocol, layers, train_split, eval_split, fraction,
+                    batch_size, max_iter, l2, max_features, sgd_kwargs,
+                    precondition, data_dir, export_dir):
+  """Every linear_eval setting, checked before any work; the settings that
+  determine a result, as recorded in results.json."""
+  name = lambda field: f"linear_eval.{field}"  # noqa: E731
+  checks.string(name("protocol"), protocol, choices=PROTOCOLS)
+  layers = checks.sequence(name("layers"), layers, checks.string,
+                           allow_empty=False)
+  checks.string(name("train_split"), train_split)
+  checks.string(name("eval_split"), eval_split)
+  if fraction is not None:
+    checks.number(name("fraction"), fraction, minimum=0, maximum=1)
+    if fraction <= 0:
+      raise checks.ConfigError(f"{name('fraction')}={fraction!r} is invalid: "
+                               "expected a number in (0, 1] or None.")
+  checks.integer(name("batch_size"), batch_size, minimum=1)
+  checks.integer(name("max_iter"), max_iter, minimum=1)
+  checks.number(name("l2"), l2, minimum=0, optional=True)
+  checks.integer(name("max_features"), max_features, minimum=1)
+  checks.mapping(name("sgd_kwargs"), sgd_kwargs)
+  checks.boolean(name("precondition"), precondition)
+  checks.string(name("data_dir"), data_dir, optional=True)
+  checks.string(name("export_dir"), export_dir, optional=True)
+  settings = {"batch_size": batch_size, "max_features": max_features,
+              "l2": l2}
+  if protocol == "lbfgs":
+    settings.update(max_iter=max_iter, precondition=precondition)
+  else:
+    settings["sgd_kwargs"] = dict(sgd_kwargs or {})
+  return layers, settings
 
 
 @gin.configurable(module="selfsup")
@@ -35,7 +73,9 @@ def linear_eval(workdir, *, data_dir=None, protocol="lbfgs",
 
   Args:
     workdir: a pretraining workdir (with export/) and where results go.
-    data_dir: the data's location (the --data_dir flag).
+    data_dir: the data's location (the --data_dir flag); default the one the
+      workdir recorded (`data.json`) when the source is the one it was
+      pretrained on.
     protocol: one of PROTOCOLS.
     layers: endpoints to evaluate, e.g. ("block1", ..., "pre_logits") for the
       layer-wise study (Figure 5).
@@ -53,41 +93,50 @@ def linear_eval(workdir, *, data_dir=None, protocol="lbfgs",
       protocols.
     export_dir: the exported backbone; default workdir/export.
 
+  Cached features carry a fingerprint of everything that determines them
+  (the export's weights, the source and its arguments, split, layer,
+  pooling, preprocessing): a cache made under another is recomputed, never
+  read.
+
   Returns:
-    The list of result dicts written to workdir/results.json.
+    The list of result entries added to workdir/results.json (see `entry`).
   """
-  if protocol not in PROTOCOLS:
-    raise ValueError(f"protocol={protocol!r} is not valid: expected one of "
-                     f"{PROTOCOLS}.")
+  layers, settings = _check_settings(
+      protocol, layers, train_split, eval_split, fraction, batch_size,
+      max_iter, l2, max_features, sgd_kwargs, precondition, data_dir,
+      export_dir)
   export_dir = export_dir or os.path.join(workdir, "export")
   info = export_lib.load_info(export_dir)
   for layer in layers:
     if layer not in info["endpoints"]:
-      raise ValueError(f"layer {layer!r} is not an endpoint of the exported "
-                       f"{info['backbone']}: expected one of "
-                       f"{info['endpoints']}.")
-  kwargs = {"data_dir": data_dir} if data_dir else {}
-  source = build_source(fraction=fraction, **kwargs)
-  for split in (train_split, eval_split):
+      raise checks.ConfigError(
+          f"linear_eval.layers contains {layer!r}, which is invalid: expected "
+          f"endpoints of the exported {info['backbone']}, from "
+          f"{info['endpoints']}.")
+  source = eval_source(workdir, data_dir, fraction)
+  for field, split in (("train_split", train_split),
+                       ("eval_split", eval_split)):
     if split not in source.splits:
-      raise ValueError(f"split {split!r} is not a split of {source.name!r}: "
-                       f"expected one of {source.splits}.")
+      raise checks.ConfigError(
+          f"linear_eval.{field}={split!r} is invalid: expected a split of "
+          f"{source.name!r}, one of {tuple(source.splits)}.")
+  export = dict(export_lib.fingerprint(export_dir), dir=export_dir)
   num_classes = source.num_classes
   results = []
   for layer in layers:
     if protocol == "lbfgs":
-      result = _lbfgs(export_dir, source, layer, train_split, eval_split,
-                      num_classes, workdir, fraction, batch_size, max_iter, l2,
-                      max_features, precondition)
+      result = _lbfgs(export_dir, info, export, source, layer, train_split,
+                      eval_split, num_classes, workdir, fraction, batch_size,
+                      max_iter, l2, max_features, precondition)
     else:
-      result = _sgd(protocol, export_dir, source, layer, train_split,
-                    eval_split, num_classes, info, workdir, fraction,
+      result = _sgd(protocol, export_dir, info, export, source, layer,
+                    train_split, eval_split, num_classes, workdir, fraction,
                     batch_size, l2, max_features, dict(sgd_kwargs or {}))
-    result.update(protocol=protocol, layer=layer, source=source.name,
-                  train_split=train_split, eval_split=eval_split,
-                  fraction=fraction, backbone=info["backbone"],
-                  task=info["task"], pretext=_pretext_accuracy(workdir))
-    results.append(result)
+    results.append(entry(result, info=info, export=export, source=source,
+                         protocol=protocol, layer=layer,
+                         train_split=train_split, eval_split=eval_split,
+                         fraction=fraction, settings=settings,
+                         pretext=_pretext_accuracy(workdir)))
     print(f"{info['task']} {info['backbone']} {layer} {protocol} on "
           f"{source.name}:{eval_split}: top-1 {100 * result['top1']:.2f}% "
           f"top-5 {100 * result['top5']:.2f}%", flush=True)
@@ -95,31 +144,110 @@ def linear_eval(workdir, *, data_dir=None, protocol="lbfgs",
   return results
 
 
-def _lbfgs(export_dir, source, layer, train_split, eval_split, num_classes,
-           workdir, fraction, batch_size, max_iter, l2, max_features,
-           precondition):
+def _bound(parameter):
+  try:
+    return gin.query_parameter(parameter)
+  except ValueError:
+    return None
+
+
+def eval_source(workdir, data_dir=None, fraction=None):
+  """The evaluation source: the gin-bound `build_source` (the workdir's
+  config.gin, then the evaluation's gin files), or the one the workdir
+  recorded in data.json. The data location is `data_dir` if given, else the
+  recorded one when the source is the one pretrained on."""
+  recorded = experiment.load_data_record(workdir)
+  name = _bound("build_source.name")
+  if name is None or name is gin.REQUIRED:
+    if recorded is None:
+      raise checks.ConfigError(
+          f"build_source.name is not bound and {workdir} records no data "
+          f"source ({experiment.DATA_RECORD}): expected a binding, e.g. "
+          "--gin_param=\"build_source.name='imagenet2012'\".")
+    record = dict(recorded, fraction=fraction, data_dir=data_dir or
+                  recorded.get("data_dir"))
+    return experiment.make_source(experiment.source_record(**record))
+  if (not data_dir and recorded and recorded.get("name") == name
+      and not _bound("build_source.data_dir")):
+    data_dir = recorded.get("data_dir")
+  kwargs = {"data_dir": data_dir} if data_dir else {}
+  return experiment.build_source(fraction=fraction, **kwargs)
+
+
+def _pooling_code():
+  """A hash of the feature extraction code (pooling, patch averaging): a
+  change there changes the features, so it invalidates the caches."""
+  try:
+    text = inspect.getsource(extract)
+  except (OSError, TypeError):
+    text = getattr(extract, "__file__", "extract")
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def feature_fingerprint(export, source, split, layer, max_features, spec):
+  """Everything that determines the cached features of one split."""
+  return {
+      "format": features_lib.FORMAT,
+      "export": {k: export[k] for k in ("weights_sha256", "step", "task",
+                                        "backbone")},
+      "source": getattr(source, "record", {"name": source.name}),
+      "split": split,
+      "layer": layer,
+      "pooling": {"max_features": int(max_features),
+                  "code": _pooling_code()},
+      "preprocessing": spec,
+      "dtype": "float32",
+  }
+
+
+def cached_features(export_dir, info, export, source, layer, splits, out_dir,
+                    batch_size, max_features):
+  """Exports (or reuses) the features of `splits`; {split: fingerprint}.
+
+  A split cached under another fingerprint is replaced (the log says which
+  entries differ); one cached under this fingerprint is kept or resumed.
+  """
+  spec = info["eval_specs"]["eval"]
+  prints = {split: feature_fingerprint(export, source, split, layer,
+                                       max_features, spec)
+            for split in splits}
+  for split in splits:
+    features_lib.claim(out_dir, split, prints[split], layer=layer)
+  extract.export_features(export_dir, source, splits, out_dir,
+                          endpoint=layer, batch_size=batch_size,
+                          max_features=max_features, spec=spec)
+  return prints
+
+
+def _lbfgs(export_dir, info, export, source, layer, train_split, eval_split,
+           num_classes, workdir, fraction, batch_size, max_iter, l2,
+           max_features, precondition):
   out_dir = extract.feature_dir(workdir, layer, source.name, fraction)
   tic = time.time()
-  extract.export_features(export_dir, source, (train_split, eval_split),
-                          out_dir, endpoint=layer, batch_size=batch_size,
-                          max_features=max_features)
+  prints = cached_features(export_dir, info, export, source, layer,
+                           (train_split, eval_split), out_dir, batch_size,
+                           max_features)
   export_seconds = time.time() - tic
-  train_x, train_y = extract.as_numpy(out_dir, train_split)
-  eval_x, eval_y = extract.as_numpy(out_dir, eval_split)
+  train_x, train_y = features_lib.read_split(
+      out_dir, train_split, fingerprint=prints[train_split])
+  eval_x, eval_y = features_lib.read_split(
+      out_dir, eval_split, fingerprint=prints[eval_split])
   fit = lbfgs.fit(train_x, train_y, num_classes, l2=l2, max_iter=max_iter,
                   precondition=precondition)
-  scores = lbfgs.evaluate(fit, eval_x, eval_y)
+  scores = lbfgs.evaluate(fit, eval_x, np.asarray(eval_y, np.int64))
   return {"top1": scores["top1"], "top5": scores["top5"],
           "objective": fit.objective, "iterations": fit.iterations,
           "converged": fit.converged, "seconds": fit.seconds,
           "export_seconds": export_seconds, "l2": fit.l2,
           "dim": int(train_x.shape[1]), "num_train": int(train_x.shape[0]),
-          "num_eval": int(eval_x.shape[0]), "features": out_dir}
+          "num_eval": int(eval_x.shape[0]), "features": out_dir,
+          "features_sha256": {k: features_lib.fingerprint_sha256(v)
+                              for k, v in prints.items()}}
 
 
-def _sgd(protocol, export_dir, source, layer, train_split, eval_split,
-         num_classes, info, workdir, fraction, batch_size, l2, max_features,
-         kwargs):
+def _sgd(protocol, export_dir, info, export, source, layer, train_split,
+         eval_split, num_classes, workdir, fraction, batch_size, l2,
+         max_features, kwargs):
   """SGD linear (on the fly, with the paper's augmentation) or MLP heads.
 
   `kwargs` go to `sgd.train_head` (epochs, decay_epochs, batch_size, ...)
@@ -132,6 +260,7 @@ def _sgd(protocol, export_dir, source, layer, train_split, eval_split,
   config = sgd.paper_config(head, patch_based=info["patch_based"])
   config.update(kwargs)
   seed = config.pop("seed", 0)
+  extra = {}
   if augment:
     backbone = export_lib.load_backbone(export_dir)
     backbone.trainable = False
@@ -147,19 +276,49 @@ def _sgd(protocol, export_dir, source, layer, train_split, eval_split,
                             endpoint=layer, seed=seed, **config)
   else:
     out_dir = extract.feature_dir(workdir, layer, source.name, fraction)
-    extract.export_features(export_dir, source, (train_split, eval_split),
-                            out_dir, endpoint=layer, batch_size=batch_size,
-                            max_features=max_features)
-    train_data = features_lib.dataset(out_dir, train_split,
-                                      config["batch_size"],
-                                      shuffle_buffer=10_000, seed=seed)
-    eval_data = features_lib.dataset(out_dir, eval_split, batch_size)
+    prints = cached_features(export_dir, info, export, source, layer,
+                             (train_split, eval_split), out_dir, batch_size,
+                             max_features)
+    train_data = features_lib.dataset(
+        out_dir, train_split, config["batch_size"], shuffle_buffer=10_000,
+        seed=seed, fingerprint=prints[train_split])
+    eval_data = features_lib.dataset(out_dir, eval_split, batch_size,
+                                     fingerprint=prints[eval_split])
     result = sgd.train_head(head, train_data=train_data, eval_data=eval_data,
                             num_classes=num_classes, l2=l2, seed=seed,
                             **config)
+    extra = {"features": out_dir,
+             "features_sha256": {k: features_lib.fingerprint_sha256(v)
+                                 for k, v in prints.items()}}
   result.pop("model", None)
   result["augment"] = bool(augment)
+  result.update(extra)
   return result
+
+
+def entry(result, *, info, export, source, protocol, layer, train_split,
+          eval_split, fraction, settings, pretext):
+  """A self-describing results.json entry: what was evaluated (task,
+  backbone, the export's fingerprint), how (protocol, layer, the source
+  and its arguments, splits, fraction, every other setting), the scores,
+  and `key`, a hash of the what and how: entries with another key never
+  replace each other."""
+  what = {
+      "task": info["task"], "backbone": info["backbone"],
+      "width": (info.get("backbone_config") or {}).get("width"),
+      "export": dict(export),
+      "protocol": protocol, "layer": layer, "source": source.name,
+      "source_args": getattr(source, "record", None),
+      "train_split": train_split, "eval_split": eval_split,
+      "fraction": fraction, "settings": dict(settings),
+  }
+  identity = dict(what, export={k: v for k, v in export.items()
+                                if k != "dir"})
+  key = hashlib.sha256(json.dumps(identity, sort_keys=True,
+                                  default=str).encode()).hexdigest()[:16]
+  return dict(what, **result, key=key, pretext=pretext,
+              time=datetime.datetime.now(datetime.timezone.utc).isoformat(
+                  timespec="seconds"))
 
 
 def _pretext_accuracy(workdir):
@@ -173,17 +332,16 @@ def _pretext_accuracy(workdir):
 
 
 def _record(workdir, results):
-  """Merges `results` into workdir/results.json (one entry per setting)."""
+  """Merges `results` into workdir/results.json: an entry with the same
+  `key` (same export, same settings) is replaced, any other kept."""
   path = os.path.join(workdir, RESULTS)
   entries = []
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
       entries = json.load(f)
-  key = lambda r: (r["protocol"], r["layer"], r["source"], r["eval_split"],  # noqa: E731
-                   r["fraction"])
-  new = {key(r) for r in results}
-  entries = [e for e in entries if key(e) not in new] + results
+  new = {r["key"] for r in results}
+  entries = [e for e in entries if e.get("key") not in new] + results
   with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-    json.dump(entries, f, indent=2)
+    json.dump(entries, f, indent=2, default=str)
   tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
   logging.info("Results written to %s.", path)

@@ -8,14 +8,16 @@ refused rather than half-loaded.
 
 With several workers (MultiWorkerMirroredStrategy) every worker must save,
 since a save may need the other workers, but only the chief writes to the
-real directory; the others write to a temporary one of their own, as the
-tf.distribute guide prescribes. Every worker restores from the real one.
+real directory; the others write to a scratch folder of their own inside
+the workdir (`tmp/worker-<task>-<id>`, never the system's temporary
+folder), as the tf.distribute guide prescribes. Every worker restores from
+the real one.
 """
-import shutil
-import tempfile
-
 import tensorflow as tf
 from absl import logging
+
+# Scratch folders of non-chief workers, under <workdir>/tmp/.
+WORKER_SCRATCH = "worker-"
 
 
 class Manager:
@@ -28,12 +30,13 @@ class Manager:
     iterator: the input iterator, or None. Saving it lets a resumed run read
       the same examples as an uninterrupted one; it stores the shuffle buffer.
     chief: False on the other workers of a multi-worker run: they save to
-      a temporary directory (deleted when the manager is).
+      `scratch` instead (emptied at start, deleted with the manager).
+    scratch: that folder (required when `chief` is False).
     **objects: trackables to save (optimizer, backbone, head, ...).
   """
 
   def __init__(self, directory, max_to_keep, *, step, iterator=None,
-               chief=True, **objects):
+               chief=True, scratch=None, **objects):
     self.directory = directory
     items = dict(objects, step=step)
     if iterator is not None:
@@ -41,14 +44,23 @@ class Manager:
     self._checkpoint = tf.train.Checkpoint(**items)
     self._scratch = None
     if not chief:
-      self._scratch = tempfile.mkdtemp(prefix="selfsup_worker_checkpoints_")
+      if not scratch:
+        raise ValueError("A non-chief checkpoint manager needs `scratch`.")
+      if tf.io.gfile.exists(scratch):
+        tf.io.gfile.rmtree(scratch)
+      tf.io.gfile.makedirs(scratch)
+      self._scratch = scratch
     self._manager = tf.train.CheckpointManager(
         self._checkpoint, self._scratch or directory,
         max_to_keep=1 if self._scratch else max_to_keep, step_counter=step)
 
   def __del__(self):
-    if getattr(self, "_scratch", None):
-      shutil.rmtree(self._scratch, ignore_errors=True)
+    scratch = getattr(self, "_scratch", None)
+    try:
+      if scratch and tf.io.gfile.exists(scratch):
+        tf.io.gfile.rmtree(scratch)
+    except (tf.errors.OpError, AttributeError, TypeError):
+      pass  # at interpreter exit; the next start removes it
 
   @property
   def latest(self):

@@ -1,10 +1,18 @@
 """gin-configurable edges of a pretraining run (bin/pretrain).
 
 The gin files bind `build_task`, `build_source` and `TrainConfig`; this
-module turns them into a `Trainer` and runs it, writing the parsed config
-before training and the operative config after. Paths come from arguments
+module turns them into a `Trainer` and runs it. Paths come from arguments
 (the command line's flags), never from gin.
+
+Every number is checked before any work starts (`checks.ConfigError`). The
+workdir's records change only when work succeeds: `config.gin` and
+`data.json` (the data source's arguments, `data_dir` included, so that
+bin/linear_eval finds the data on its own) are written before training only
+in a fresh workdir, after a checked resume otherwise only at the end, with
+`operative_config.gin` and `pretrain_results.json`. A finished run is left
+as it is.
 """
+import inspect
 import json
 import os
 
@@ -14,12 +22,19 @@ from absl import logging
 
 import selfsup.data
 import selfsup.tasks
+from selfsup.train import checks
+from selfsup.train import export as export_lib
 from selfsup.train.strategy import make_strategy
 from selfsup.train.trainer import TrainConfig, Trainer
 
 # Calls must go through the returned wrapper for the bindings to apply.
 ConfiguredTrainConfig = gin.external_configurable(
     TrainConfig, name="TrainConfig", module="selfsup")
+
+DATA_RECORD = "data.json"
+RESULTS = "pretrain_results.json"
+# Sources whose data location is a folder (`root`), not a TFDS data_dir.
+FOLDER_SOURCES = ("places205", "image_folder")
 
 
 @gin.configurable(module="selfsup")
@@ -29,9 +44,16 @@ def build_task(name=gin.REQUIRED, backbone="resnet50_v2", width=4,
   """The pretext task. Whole-image tasks use `image_size`, patch tasks
   (Jigsaw, Relative Patch Location) `patch_size`; `task_kwargs` holds the
   task's own arguments (e.g. `{"copies": 8}` for Exemplar)."""
-  if name not in selfsup.tasks.list():
-    raise ValueError(f"build_task.name={name!r} is not a task: expected one "
-                     f"of {selfsup.tasks.list()}.")
+  checks.string("build_task.name", name, choices=selfsup.tasks.list())
+  checks.string("build_task.backbone", backbone)
+  checks.positive("build_task.width", width)
+  checks.integer("build_task.image_size", image_size, minimum=1)
+  checks.integer("build_task.patch_size", patch_size, minimum=1)
+  checks.number("build_task.weight_decay", weight_decay, minimum=0)
+  for field, value in (("backbone_kwargs", backbone_kwargs),
+                       ("spec_kwargs", spec_kwargs),
+                       ("task_kwargs", task_kwargs)):
+    checks.mapping(f"build_task.{field}", value)
   patch = name in ("jigsaw", "relative_patch_location")
   return selfsup.tasks.get(
       name, backbone=backbone, width=width,
@@ -40,17 +62,71 @@ def build_task(name=gin.REQUIRED, backbone="resnet50_v2", width=4,
       spec_kwargs=spec_kwargs, **dict(task_kwargs or {}))
 
 
+def source_record(name, data_dir=None, fraction=None, subset_seed=0,
+                  source_kwargs=None, binding="build_source"):
+  """The checked arguments of a source as a JSON-able dict: what a workdir
+  records of its data (`data.json`) and `make_source` builds from."""
+  checks.string(f"{binding}.name", name, choices=selfsup.data.list())
+  checks.string(f"{binding}.data_dir", data_dir, optional=True)
+  if fraction is not None:
+    checks.number(f"{binding}.fraction", fraction, minimum=0, maximum=1)
+    if fraction <= 0:
+      raise checks.ConfigError(f"{binding}.fraction={fraction!r} is invalid: "
+                               "expected a number in (0, 1] or None.")
+  checks.integer(f"{binding}.subset_seed", subset_seed, minimum=0)
+  checks.mapping(f"{binding}.source_kwargs", source_kwargs)
+  if data_dir and "://" not in data_dir:
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  return {"name": name, "data_dir": data_dir, "fraction": fraction,
+          "subset_seed": int(subset_seed),
+          "source_kwargs": dict(source_kwargs or {})}
+
+
+def _takes(name, argument):
+  """Whether the builder registered as `name` has a parameter `argument`."""
+  builder = selfsup.data._REGISTRY.get(name)  # pylint: disable=protected-access
+  try:
+    return argument in inspect.signature(builder).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def make_source(record):
+  """The source a `source_record` describes; `source.record` is the record.
+
+  `data_dir` is the image folder (`root`) of folder sources and the TFDS
+  data_dir of the others; sources that read no files ignore it.
+  """
+  kwargs = dict(record["source_kwargs"])
+  data_dir, name = record["data_dir"], record["name"]
+  if data_dir and name in FOLDER_SOURCES:
+    kwargs.setdefault("root", data_dir)
+  elif data_dir and _takes(name, "data_dir"):
+    kwargs.setdefault("data_dir", data_dir)
+  elif data_dir:
+    logging.warning("Source %r reads no data_dir: %s is ignored.", name,
+                    data_dir)
+  source = selfsup.data.get(name, fraction=record["fraction"],
+                            subset_seed=record["subset_seed"], **kwargs)
+  source.record = dict(record)
+  return source
+
+
 @gin.configurable(module="selfsup")
 def build_source(name=gin.REQUIRED, data_dir=None, fraction=None,
                  subset_seed=0, source_kwargs=None):
   """The data source; `data_dir` is normally the --data_dir flag."""
-  kwargs = dict(source_kwargs or {})
-  if data_dir and name in ("imagenet2012", "places365_small"):
-    kwargs["data_dir"] = data_dir
-  elif data_dir and name in ("places205", "image_folder"):
-    kwargs.setdefault("root", data_dir)
-  return selfsup.data.get(name, fraction=fraction, subset_seed=subset_seed,
-                          **kwargs)
+  return make_source(source_record(name, data_dir, fraction, subset_seed,
+                                   source_kwargs))
+
+
+def load_data_record(workdir):
+  """The source record a workdir was pretrained on, or None."""
+  path = os.path.join(workdir, DATA_RECORD)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)["source"]
 
 
 def _write(path, text):
@@ -59,49 +135,100 @@ def _write(path, text):
   tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
+def _write_records(trainer, operative=False):
+  workdir = trainer.workdir
+  _write(os.path.join(workdir, "config.gin"), trainer.gin_config)
+  _write(os.path.join(workdir, DATA_RECORD), json.dumps(
+      {"source": getattr(trainer.source, "record", None)}, indent=2))
+  if operative:
+    _write(os.path.join(workdir, "operative_config.gin"),
+           gin.operative_config_str())
+
+
+def check_config():
+  """Checks the TrainConfig and build_task bindings; cheap, no data read."""
+  ConfiguredTrainConfig()
+  build_task()
+
+
 def prepare(workdir, *, data_dir=None, tpu=None, strategy_kind="auto"):
   """Builds the source, task, strategy and trainer from gin.
 
-  Everything that can fail on bad input (bindings, data, shapes) fails here,
-  before the first training step. Writes the parsed config to the workdir.
+  Everything that can fail on bad input (bindings, data, shapes, a
+  checkpoint of another model in the workdir) fails here, before the first
+  training step and before the workdir's records change.
   """
-  source = build_source(data_dir=data_dir) if data_dir else build_source()
+  config = ConfiguredTrainConfig()
   task = build_task()
+  source = build_source(data_dir=data_dir) if data_dir else build_source()
   strategy = make_strategy(strategy_kind, tpu=tpu)
   tf.io.gfile.makedirs(workdir)
-  trainer = Trainer(task, source, workdir, ConfiguredTrainConfig(),
-                    strategy=strategy)
-  if trainer.is_chief:
-    _write(os.path.join(workdir, "config.gin"), gin.config_str())
+  trainer = Trainer(task, source, workdir, config, strategy=strategy)
+  trainer.gin_config = gin.config_str()
+  trainer.restore()  # a checkpoint of another model fails here
+  if trainer.is_chief and trainer.step == 0:
+    _write_records(trainer)  # a fresh start: record what it is
   return trainer
 
 
-def run(trainer, pretext_eval_batches=10):
+def finished_results(trainer):
+  """The results of a run already finished in its workdir, or None.
+
+  Finished means trained to `total_steps` with a complete export of that
+  step.
+  """
+  if not trainer.finished:
+    return None
+  try:
+    info = export_lib.load_info(os.path.join(trainer.workdir, "export"))
+  except FileNotFoundError:
+    return None
+  if info.get("step") != trainer.step:
+    return None
+  path = os.path.join(trainer.workdir, RESULTS)
+  results = {}
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      results = json.load(f)
+  return dict(results, already_finished=True)
+
+
+def run(trainer):
   """Trains, evaluates the pretext task before and after, exports.
 
-  Writes `operative_config.gin` and `pretrain_results.json` to the workdir
-  and returns the results dict.
+  The pretext evaluation reads `TrainConfig.eval_batches` batches of
+  `eval_split` (all of it by default). Writes `config.gin`, `data.json`,
+  `operative_config.gin` and `pretrain_results.json` to the workdir and
+  returns the results dict. A finished run (see `finished_results`) changes
+  nothing and returns its results with `already_finished=True`.
   """
-  task, workdir = trainer.task, trainer.workdir
+  task, workdir, cfg = trainer.task, trainer.workdir, trainer.config
+  trainer.restore()
+  done = finished_results(trainer)
+  if done is not None:
+    logging.info("%s is already finished: step %d of %d, exported. Nothing "
+                 "to do (raise TrainConfig.train_steps or epochs to train "
+                 "on).", workdir, trainer.step, trainer.total_steps)
+    return done
   logging.info("%s on %s: %d steps of %d images (%d per epoch), %d replicas.",
                task.name, trainer.source.name, trainer.total_steps,
-               trainer.config.batch_size, trainer.steps_per_epoch,
+               cfg.batch_size, trainer.steps_per_epoch,
                trainer.strategy.num_replicas_in_sync)
   results = {"task": task.name, "backbone": task.backbone_name,
-             "width": task.width}
-  eval_split = trainer.config.eval_split
-  if eval_split and trainer.step == 0:
-    results["pretext_eval_start"] = trainer.evaluate(
-        eval_split, num_batches=pretext_eval_batches)
+             "width": task.width,
+             "data": getattr(trainer.source, "record", None),
+             "seed": cfg.seed, "eval_split": cfg.eval_split,
+             "eval_batches": cfg.eval_batches}
+  if cfg.eval_split and trainer.step == 0:
+    results["pretext_eval_start"] = trainer.evaluate(cfg.eval_split)
   results["final_train_logs"] = trainer.train()
-  if eval_split:
-    results["pretext_eval_end"] = trainer.evaluate(
-        eval_split, num_batches=pretext_eval_batches)
+  if cfg.eval_split:
+    results["pretext_eval_end"] = trainer.evaluate(cfg.eval_split)
   results["export"] = trainer.export()
   results["step"] = trainer.step
   if trainer.is_chief:  # the other workers of a multi-worker run write nothing
-    _write(os.path.join(workdir, "operative_config.gin"),
-           gin.operative_config_str())
-    _write(os.path.join(workdir, "pretrain_results.json"),
-           json.dumps(results, indent=2))
+    if not hasattr(trainer, "gin_config"):
+      trainer.gin_config = gin.config_str()
+    _write_records(trainer, operative=True)
+    _write(os.path.join(workdir, RESULTS), json.dumps(results, indent=2))
   return results

@@ -3,15 +3,20 @@
 `workdir/export/` holds `backbone.keras` (Keras 3, this package's layers
 registered), `saved_model/` (a TF SavedModel whose `serve` signature maps
 float32 images to the dict of endpoints; loadable with `tf.saved_model.load`
-without selfsup) and `info.json` (task, backbone config, evaluation specs),
-written last: an export without `info.json` is incomplete.
+without selfsup) and `info.json` (task, backbone config, evaluation specs,
+`weights_sha256`: a hash of every weight), written last: an export without
+`info.json` is incomplete. Both are written in a scratch folder inside the
+workdir (`tmp/`, never the system's temporary folder) and moved into place;
+a killed export leaves its scratch folder, removed at the next start.
 """
+import hashlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from selfsup.preprocess import specs as specs_lib
@@ -20,15 +25,22 @@ from selfsup.train import precision
 INFO = "info.json"
 KERAS_FILE = "backbone.keras"
 SAVED_MODEL = "saved_model"
+# Scratch folders of a workdir (removed by the next run that starts there).
+TMP = "tmp"
 
 
 def evaluation_specs(task):
   """The downstream preprocessing matching how `task` saw its images."""
-  if task.patch_based:
+  return specs_for(task.name, task.image_size, task.patch_based)
+
+
+def specs_for(task_name, image_size, patch_based):
+  """Evaluation specs of a `task_name` backbone that saw `image_size` images
+  (patch tasks: patches of that side, cut from a 255/64 times larger image)."""
+  if patch_based:
     return specs_lib.evaluation_specs(
-        task.name, size=int(round(task.image_size * 255 / 64)),
-        patch=task.image_size)
-  return specs_lib.evaluation_specs(task.name, size=task.image_size)
+        task_name, size=int(round(image_size * 255 / 64)), patch=image_size)
+  return specs_lib.evaluation_specs(task_name, size=image_size)
 
 
 def _float32_copy(model):
@@ -40,31 +52,67 @@ def _float32_copy(model):
   return clone
 
 
+def weights_sha256(model):
+  """A hash of every weight of `model`: names, dtypes, shapes and values."""
+  digest = hashlib.sha256()
+  for weight in model.weights:
+    value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+    digest.update(f"{weight.path}|{value.dtype.str}|{value.shape}|".encode())
+    digest.update(value.tobytes())
+  return digest.hexdigest()
+
+
+def scratch_dir(workdir, prefix):
+  """A new, empty scratch folder inside `workdir/tmp`."""
+  path = os.path.join(workdir, TMP, f"{prefix}-{os.getpid()}-"
+                      f"{uuid.uuid4().hex[:8]}")
+  tf.io.gfile.makedirs(path)
+  return path
+
+
 def export_backbone(task, workdir, step):
   """Writes the export of `task.backbone`; returns the export directory."""
+  return write_export(
+      task.backbone, workdir, task=task.name, backbone_name=task.backbone_name,
+      image_size=task.image_size, patch_based=task.patch_based, step=step,
+      pretext_eval_specs=task.specs["eval"])
+
+
+def write_export(backbone, workdir, *, task, backbone_name, image_size,
+                 patch_based, step, pretext_eval_specs=None, extra=None):
+  """Writes `backbone` as `workdir/export` for `task`; returns the folder.
+
+  `extra` adds entries to info.json (e.g. where an imported model came from).
+  """
   out = os.path.join(workdir, "export")
   tf.io.gfile.makedirs(out)
   info_path = os.path.join(out, INFO)
   if tf.io.gfile.exists(info_path):
     tf.io.gfile.remove(info_path)  # incomplete until rewritten
-  backbone = _float32_copy(task.backbone)
-  with tempfile.TemporaryDirectory() as tmp:
+  backbone = _float32_copy(backbone)
+  tmp = scratch_dir(workdir, "export")
+  try:
     keras_path = os.path.join(tmp, KERAS_FILE)
     backbone.save(keras_path)
     saved = os.path.join(tmp, SAVED_MODEL)
     backbone.export(saved, format="tf_saved_model", verbose=False)
     _replace(keras_path, os.path.join(out, KERAS_FILE))
     _replace(saved, os.path.join(out, SAVED_MODEL))
+  finally:
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.rmtree(tmp)
   info = {
-      "task": task.name,
-      "backbone": task.backbone_name,
+      "task": task,
+      "backbone": backbone_name,
       "backbone_config": backbone.get_config(),
-      "image_size": task.image_size,
-      "patch_based": task.patch_based,
+      "image_size": image_size,
+      "patch_based": patch_based,
       "step": int(step),
       "endpoints": list(backbone.endpoint_names),
-      "eval_specs": evaluation_specs(task),
-      "pretext_eval_specs": task.specs["eval"],
+      "eval_specs": specs_for(task, image_size, patch_based),
+      "pretext_eval_specs": pretext_eval_specs,
+      "weights_sha256": weights_sha256(backbone),
+      **(extra or {}),
   }
   with tf.io.gfile.GFile(info_path + ".tmp", "w") as f:
     json.dump(info, f, indent=2, default=str)
@@ -73,24 +121,26 @@ def export_backbone(task, workdir, step):
 
 
 def _replace(src, dst):
-  """Moves a local file or folder to `dst` (local or remote), replacing it."""
+  """Moves a file or folder to `dst`, replacing it. Local moves within the
+  workdir are renames; remote ones copy file by file."""
   if tf.io.gfile.exists(dst):
     if tf.io.gfile.isdir(dst):
       tf.io.gfile.rmtree(dst)
     else:
       tf.io.gfile.remove(dst)
-  if "://" not in dst:
+  if "://" not in src and "://" not in dst:
     shutil.move(src, dst)
     return
-  if os.path.isdir(src):
-    for root, _, files in os.walk(src):
+  if tf.io.gfile.isdir(src):
+    for root, _, files in tf.io.gfile.walk(src):
       rel = os.path.relpath(root, src)
       target = os.path.join(dst, rel) if rel != "." else dst
       tf.io.gfile.makedirs(target)
       for name in files:
-        tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, name))
+        tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, name),
+                         overwrite=True)
   else:
-    tf.io.gfile.copy(src, dst)
+    tf.io.gfile.copy(src, dst, overwrite=True)
 
 
 def load_info(export_dir):
@@ -108,3 +158,15 @@ def load_backbone(export_dir):
   """The exported backbone as a Keras model (needs selfsup imported)."""
   load_info(export_dir)
   return keras.saving.load_model(os.path.join(export_dir, KERAS_FILE))
+
+
+def fingerprint(export_dir):
+  """What identifies an export's values: its weights' hash, step, task and
+  backbone. An export written before `weights_sha256` existed (or by other
+  code) is hashed from its backbone.keras."""
+  info = load_info(export_dir)
+  digest = info.get("weights_sha256")
+  if not digest:
+    digest = weights_sha256(load_backbone(export_dir))
+  return {"weights_sha256": digest, "step": info.get("step"),
+          "task": info.get("task"), "backbone": info.get("backbone")}

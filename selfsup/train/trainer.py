@@ -5,10 +5,12 @@ over the global batch (each replica's mean divided by the replica count, the
 gradients being summed across replicas by the optimizer). Several steps run
 inside one `tf.function` call (`steps_per_loop`), as TPUs need.
 """
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import random
 import time
 
 import keras
@@ -16,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from selfsup import data as data_lib
-from selfsup.train import checkpoints, export, precision
+from selfsup.train import checks, checkpoints, export, precision
 from selfsup.train.schedules import WarmupStepDecay
 
 
@@ -34,6 +36,19 @@ class TrainConfig:
   on one worker (the default strategy, MirroredStrategy); tf.distribute's
   multi-worker and TPU iterators cannot be saved, so a run resumed there
   restarts its input (a warning says so). `jit_compile` needs one replica.
+
+  `seed` seeds the weight initialisation and the input pipeline: two fresh
+  runs with one seed on one machine end with identical weights. None draws
+  the input seed once per workdir and leaves the initialisation random.
+
+  `sync_batch_norm` synchronises batch-norm statistics across replicas. The
+  authors' TPUEstimator code normalised per core (False, the default); the
+  paper does not say.
+
+  `eval_batches` bounds the pretext evaluation on `eval_split` (before and
+  after training, Figure 4); None evaluates the whole split.
+
+  Every value is checked when the config is made (`ConfigError`).
   """
   batch_size: int = 1024
   epochs: float = 35
@@ -54,6 +69,39 @@ class TrainConfig:
   train_split: str = "train"
   eval_split: str = None
   eval_batches: int = None
+  sync_batch_norm: bool = False
+
+  def __post_init__(self):
+    name = lambda field: f"TrainConfig.{field}"  # noqa: E731
+    checks.integer(name("batch_size"), self.batch_size, minimum=1)
+    checks.number(name("epochs"), self.epochs, minimum=0)
+    checks.integer(name("train_steps"), self.train_steps, minimum=0,
+                   optional=True)
+    checks.positive(name("base_lr"), self.base_lr)
+    checks.number(name("warmup_epochs"), self.warmup_epochs, minimum=0)
+    self.decay_epochs = checks.sequence(
+        name("decay_epochs"), self.decay_epochs,
+        lambda n, v: checks.number(n, v, minimum=0))
+    if list(self.decay_epochs) != sorted(self.decay_epochs):
+      raise checks.ConfigError(
+          f"{name('decay_epochs')}={self.decay_epochs!r} is invalid: "
+          "expected epochs in increasing order.")
+    checks.number(name("momentum"), self.momentum, minimum=0, maximum=1,
+                  below=True)
+    checks.integer(name("steps_per_loop"), self.steps_per_loop, minimum=1)
+    checks.integer(name("checkpoint_steps"), self.checkpoint_steps,
+                   minimum=1)
+    checks.integer(name("max_checkpoints"), self.max_checkpoints, minimum=1)
+    checks.integer(name("seed"), self.seed, minimum=0, maximum=2**31 - 1,
+                   optional=True)
+    checks.integer(name("shuffle_buffer"), self.shuffle_buffer, minimum=0)
+    checks.integer(name("eval_batches"), self.eval_batches, minimum=1,
+                   optional=True)
+    for flag in ("mixed_precision", "jit_compile", "checkpoint_input",
+                 "cache", "sync_batch_norm"):
+      checks.boolean(name(flag), getattr(self, flag))
+    checks.string(name("train_split"), self.train_split)
+    checks.string(name("eval_split"), self.eval_split, optional=True)
 
 
 class Trainer:
@@ -74,31 +122,42 @@ class Trainer:
     self.config = config or TrainConfig()
     self.strategy = strategy or tf.distribute.get_strategy()
     cfg = self.config
-    if cfg.train_split not in source.splits:
-      raise ValueError(f"train_split={cfg.train_split!r} is not a split of "
-                       f"{source.name!r}: expected one of {source.splits}.")
+    if not isinstance(cfg, TrainConfig):
+      raise TypeError(f"config must be a TrainConfig, got {cfg!r}.")
+    replicas = self.strategy.num_replicas_in_sync
+    if cfg.batch_size % replicas:
+      raise checks.ConfigError(
+          f"TrainConfig.batch_size={cfg.batch_size} is invalid: expected a "
+          f"multiple of the {replicas} replicas.")
+    if cfg.jit_compile and replicas > 1 and not _is_tpu(self.strategy):
+      raise checks.ConfigError(
+          f"TrainConfig.jit_compile=True needs one replica, got {replicas}: "
+          "the step is compiled on its own only on one device (a compiled "
+          "function nested in a replicated step cannot hold cross-replica "
+          "communication). On TPU every step is compiled anyway.")
+    for field in ("train_split", "eval_split"):
+      split = getattr(cfg, field)
+      if split is not None and split not in source.splits:
+        raise checks.ConfigError(
+            f"TrainConfig.{field}={split!r} is invalid: expected a split of "
+            f"{source.name!r}, one of {tuple(source.splits)}.")
     num_train = source.num_examples(cfg.train_split)
     self.steps_per_epoch = num_train // cfg.batch_size
     if self.steps_per_epoch < 1:
-      raise ValueError(f"batch_size={cfg.batch_size} is larger than the "
-                       f"{num_train} images of {source.name}:"
-                       f"{cfg.train_split}.")
+      raise checks.ConfigError(
+          f"TrainConfig.batch_size={cfg.batch_size} is invalid: expected at "
+          f"most the {num_train} images of {source.name}:{cfg.train_split}.")
     # train_steps=0 exports the initialisation: the random-weights baseline.
     self.total_steps = int(cfg.train_steps if cfg.train_steps is not None
                            else round(cfg.epochs * self.steps_per_epoch))
-    replicas = self.strategy.num_replicas_in_sync
-    if cfg.batch_size % replicas:
-      raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over "
-                       f"the {replicas} replicas.")
-    if cfg.jit_compile and replicas > 1 and not _is_tpu(self.strategy):
-      raise ValueError(
-          f"jit_compile=True needs one replica, got {replicas}: the XLA-"
-          "compiled step cannot hold the cross-replica all-reduce of the "
-          "synchronised batch norm. (On TPU every step is compiled anyway.)")
+    self.is_chief = _is_chief(self.strategy)
+    if self.is_chief:
+      _clean_temporary(workdir)
 
     with self.strategy.scope(), precision.dtype_policy(
-        "mixed_bfloat16" if cfg.mixed_precision else "float32"):
-      task.build(sync_batch_norm=replicas > 1)
+        "mixed_bfloat16" if cfg.mixed_precision else "float32"), \
+        _seeded(cfg.seed):
+      task.build(sync_batch_norm=cfg.sync_batch_norm and replicas > 1)
       # The names of the logs, known before tracing: a loop accumulator that
       # starts undefined makes autograph trace the whole step twice.
       metrics = getattr(task, "metric_names", None)
@@ -113,7 +172,6 @@ class Trainer:
       # Built in the scope before the first step, so that its slots are
       # mirrored like the variables they follow.
       self.optimizer.build(task.trainable_variables)
-    self.is_chief = _is_chief(self.strategy)
     self.input_seed = _input_seed(workdir, cfg.seed, write=self.is_chief)
     self._iterator, self._next_batch, trackable = self._make_input()
     if cfg.checkpoint_input and not trackable:
@@ -125,7 +183,11 @@ class Trainer:
         os.path.join(workdir, "checkpoints"), cfg.max_checkpoints,
         step=self.optimizer.iterations, optimizer=self.optimizer,
         iterator=self._iterator if cfg.checkpoint_input and trackable
-        else None, chief=self.is_chief, **task.modules)
+        else None, chief=self.is_chief,
+        scratch=None if self.is_chief else _worker_scratch(self.strategy,
+                                                           workdir),
+        **task.modules)
+    self._restored, self._restored_path = False, None
     self._train_loop = tf.function(self._loop)
     # A nested tf.function cannot hold a synchronisation point (the sync-BN
     # all-reduce); only the one-replica XLA step is compiled on its own.
@@ -136,6 +198,26 @@ class Trainer:
   @property
   def step(self):
     return int(self.optimizer.iterations.numpy())
+
+  @property
+  def finished(self):
+    """Whether training has reached `total_steps` (after `restore`)."""
+    return self.step >= self.total_steps
+
+  def restore(self):
+    """Restores the latest checkpoint once: its path, or None.
+
+    Raises ValueError if it is a checkpoint of another model or task.
+    `train` calls it; calling it first checks a workdir's compatibility
+    before anything is written there.
+    """
+    if not self._restored:
+      self._restored_path = self.checkpoint.restore_latest()
+      self._restored = True
+      if self._restored_path:
+        logging.info("Resumed from %s at step %d.", self._restored_path,
+                     self.step)
+    return self._restored_path
 
   def _train_input(self, input_context):
     cfg = self.config
@@ -205,9 +287,7 @@ class Trainer:
     Returns the last loop's mean logs (loss, accuracy, ...), as floats.
     """
     cfg = self.config
-    restored = self.checkpoint.restore_latest()
-    if restored:
-      logging.info("Resumed from %s at step %d.", restored, self.step)
+    self.restore()
     end = self.total_steps if max_steps is None else min(
         self.total_steps, max_steps)
     # One worker writes the summaries (they are the same on every worker).
@@ -250,17 +330,24 @@ class Trainer:
         time.strftime("%H:%M:%S", time.gmtime(eta)))
 
   def evaluate(self, split=None, num_batches=None, batch_size=None):
-    """Pretext loss and accuracy on `split` with the evaluation spec."""
+    """Pretext loss and accuracy on `split` with the evaluation spec.
+
+    `num_batches` (default `config.eval_batches`) bounds the batches read;
+    None reads the whole split, its last batch possibly smaller.
+    """
     cfg = self.config
     split = split or cfg.eval_split or cfg.train_split
     num_batches = num_batches or cfg.eval_batches
+    checks.integer("num_batches", num_batches, minimum=1, optional=True)
+    batch_size = checks.integer("batch_size", batch_size or cfg.batch_size,
+                                minimum=1)
     ds = data_lib.make_pipeline(
-        self.source, split, self.task.specs["eval"],
-        batch_size=batch_size or cfg.batch_size, training=False, seed=0,
-        batch_spec=self.task.specs["batch"] or None, drop_remainder=True)
+        self.source, split, self.task.specs["eval"], batch_size=batch_size,
+        training=False, seed=0, batch_spec=self.task.specs["batch"] or None,
+        drop_remainder=False)
     if num_batches:
       ds = ds.take(num_batches)
-    totals, count = {}, 0
+    totals, count, images = {}, 0, 0
     step = tf.function(lambda b: self.task.step(b, training=False))
     for batch in ds:
       loss, metrics = step(batch)
@@ -268,10 +355,13 @@ class Trainer:
       for k, v in dict(metrics, loss=loss).items():
         totals[k] = totals.get(k, 0.0) + float(v) * n
       count += n
+      images += int(self.task.images_per_batch(batch))
     if not count:
-      raise ValueError(f"Split {split!r} of {self.source.name!r} gave no full "
-                       "evaluation batch: lower the batch size.")
-    return {k: v / count for k, v in totals.items()}
+      raise ValueError(f"Split {split!r} of {self.source.name!r} gave no "
+                       "evaluation batch: it is empty.")
+    logging.info("Pretext evaluation on %s:%s: %d images.", self.source.name,
+                 split, images)
+    return dict({k: v / count for k, v in totals.items()}, images=images)
 
   def export(self):
     """Writes the backbone as .keras and SavedModel under workdir/export;
@@ -298,12 +388,55 @@ def _is_chief(strategy):
           and "chief" not in resolver.cluster_spec().as_dict())
 
 
+def _worker_scratch(strategy, workdir):
+  """Where a non-chief worker writes the checkpoints nobody reads."""
+  resolver = strategy.cluster_resolver
+  return os.path.join(workdir, export.TMP, f"{checkpoints.WORKER_SCRATCH}"
+                      f"{resolver.task_type}-{resolver.task_id}")
+
+
 def _local_replicas(strategy):
   """Replicas on this worker."""
   try:
     return len(strategy.extended.worker_devices)
   except RuntimeError:  # the default strategy has no worker_devices
     return 1
+
+
+@contextlib.contextmanager
+def _seeded(seed):
+  """Seeds the weight initialisation (and dropout's seeds) with `seed`.
+
+  Keras draws the seed of every initializer and seed generator made without
+  one from Python's `random`, so seeding it while the task builds fixes the
+  initial weights; its state is restored afterwards, leaving the caller's
+  random streams as they were. None leaves the draw random.
+  """
+  if seed is None:
+    yield
+    return
+  state = random.getstate()
+  random.seed(seed)
+  try:
+    yield
+  finally:
+    random.setstate(state)
+
+
+def _clean_temporary(workdir):
+  """Removes what killed runs left: checkpoint saves (`ckpt-N_temp/`) and
+  the chief's scratch folders (`tmp/`, e.g. an unfinished export)."""
+  leftovers = tf.io.gfile.glob(os.path.join(workdir, "checkpoints", "*_temp"))
+  leftovers += [p for p in tf.io.gfile.glob(
+      os.path.join(workdir, export.TMP, "*"))
+                if not os.path.basename(p.rstrip("/")).startswith(
+                    checkpoints.WORKER_SCRATCH)]
+  for path in leftovers:
+    logging.info("Removing %s, left by an interrupted run.", path)
+    if tf.io.gfile.isdir(path):
+      tf.io.gfile.rmtree(path)
+    else:
+      tf.io.gfile.remove(path)
 
 
 def _input_seed(workdir, seed, write=True):
