@@ -350,3 +350,64 @@ def test_report_draws_every_figure_it_has_cells_for(tmp_path):
   text = open(os.path.join(out, "report.md")).read()
   # The two SGD schedules stay apart (the runner's step records say which).
   assert "sgd_schedule=first1" in text and "sgd_schedule=first2" in text
+
+
+def _stub_steps(cell_dir, fail=False, tag="a"):
+  """Steps whose commands are tiny Python programs standing in for
+  bin/pretrain (writes export/info.json) and bin/linear_eval (appends to
+  results.json), so the runner's logic is tested in milliseconds."""
+  pretrain = ("import os, sys; os.makedirs('{d}/export', exist_ok=True); "
+              "open('{d}/export/info.json', 'w').write('{{}}')"
+              ).format(d=cell_dir)
+  if fail:
+    pretrain = "import sys; print('error: boom', file=sys.stderr); sys.exit(1)"
+  evaluate = ("import json, os; p = '{d}/results.json'; "
+              "r = json.load(open(p)) if os.path.exists(p) else []; "
+              "r.append(dict(protocol='lbfgs', layer='pre_logits', "
+              "source='digits', eval_split='val', fraction=None, top1=0.5, "
+              "tag='{t}')); json.dump(r, open(p, 'w'))").format(d=cell_dir,
+                                                                t=tag)
+  return [{"label": "pretrain", "kind": "pretrain", "settings": {},
+           "command": [sys.executable, "-c", pretrain]},
+          {"label": "lbfgs", "kind": "eval", "settings": {},
+           "command": [sys.executable, "-c", evaluate]}]
+
+
+def test_runner_skips_done_steps_and_reruns_what_changed(tmp_path):
+  cell = spec_lib.expand(_spec(tasks=("rotation",), backbones=("revnet50",),
+                               widths=(4,)))[0]
+  cell_dir = str(tmp_path / cell.name)
+  logs = []
+  assert runner.run_cell(cell, _stub_steps(cell_dir), cell_dir,
+                         log=logs.append) == "done"
+  record = runner.read_record(cell_dir)
+  assert [s["runs"] for s in record["steps"]] == [1, 1]
+  assert record["steps"][1]["results"][0]["tag"] == "a"
+  assert record["settings"]["backbone"] == "revnet50"
+  # Done: nothing runs.
+  assert runner.run_cell(cell, _stub_steps(cell_dir), cell_dir,
+                         log=logs.append) == "done"
+  assert [s["runs"] for s in runner.read_record(cell_dir)["steps"]] == [1, 1]
+  # A changed evaluation command runs that step only, and its new entry is
+  # recorded with it.
+  runner.run_cell(cell, _stub_steps(cell_dir, tag="b"), cell_dir,
+                  log=logs.append)
+  record = runner.read_record(cell_dir)
+  assert [s["runs"] for s in record["steps"]] == [1, 2]
+  assert [r["tag"] for r in record["steps"][1]["results"]] == ["b"]
+  # A deleted export re-runs the pretraining, then the evaluations.
+  os.remove(os.path.join(cell_dir, "export", "info.json"))
+  runner.run_cell(cell, _stub_steps(cell_dir, tag="b"), cell_dir,
+                  log=logs.append)
+  assert [s["runs"] for s in runner.read_record(cell_dir)["steps"]] == [2, 3]
+  # A failure is recorded with its error line; the later steps wait.
+  other = str(tmp_path / "other")
+  assert runner.run_cell(cell, _stub_steps(other, fail=True), other,
+                         log=logs.append) == "failed"
+  record = runner.read_record(other)
+  assert record["error"] == "pretrain: error: boom"
+  assert [s["status"] for s in record["steps"]] == ["failed", "pending"]
+  assert runner.run_cell(cell, _stub_steps(other, fail=True), other,
+                         skip_failed=True, log=logs.append) == "failed"
+  assert runner.read_record(other)["steps"][0]["runs"] == 1
+  assert os.path.exists(os.path.join(other, "logs", "pretrain.log"))
