@@ -120,6 +120,15 @@ def _find_files(folder):
   return paths, None
 
 
+def find(data_dir=None):
+  """The folder the source would read (`data_dir` or the first default
+  folder holding all four files), or None when there is none."""
+  for folder in [data_dir] if data_dir else default_dirs():
+    if _find_files(folder)[0]:
+      return folder
+  return None
+
+
 def _not_found(looked):
   where = "\n".join(f"  {folder} ({why})" for folder, why in looked)
   files = ", ".join(f"{stem}[.gz]" for stem in FILES.values())
