@@ -7,12 +7,13 @@ import selfsup
 from selfsup.evaluation import extract, features
 
 
-def _numpy_adaptive_max(x, s):
+def _numpy_adaptive_max(x, r, s=None):
+  s = r if s is None else s
   n, h, w, c = x.shape
-  out = np.zeros((n, s, s, c), x.dtype)
-  for i in range(s):
+  out = np.zeros((n, r, s, c), x.dtype)
+  for i in range(r):
     for j in range(s):
-      y0, y1 = (i * h) // s, -(-(i + 1) * h // s)
+      y0, y1 = (i * h) // r, -(-(i + 1) * h // r)
       x0, x1 = (j * w) // s, -(-(j + 1) * w // s)
       out[:, i, j] = x[:, y0:y1, x0:x1].max(axis=(1, 2))
   return out.reshape(n, -1)
@@ -25,13 +26,38 @@ def _numpy_adaptive_max(x, s):
     ((1, 4, 4, 2048), 9000, 2),
     ((1, 3, 3, 10000), 9000, 1),  # more channels than the budget: global max
 ])
-def test_adaptive_max_pool_matches_numpy(shape, max_features, grid):
+def test_floor_rule_matches_numpy(shape, max_features, grid):
   x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-  got = extract.adaptive_max_pool(tf.constant(x), max_features).numpy()
+  got = extract.adaptive_max_pool(tf.constant(x), max_features,
+                                  rule="floor").numpy()
   assert got.shape == (shape[0], grid * grid * shape[-1])
   np.testing.assert_allclose(got, _numpy_adaptive_max(x, grid))
   if shape[-1] <= max_features:
     assert got.shape[1] <= max_features
+
+
+@pytest.mark.parametrize("shape, grid", [
+    ((2, 7, 7, 16), (7, 7)),       # 784 values fit: not pooled
+    ((2, 9, 11, 16), (9, 11)),     # fits, and keeps its non-square shape
+    ((2, 14, 14, 256), (6, 6)),    # sqrt(35.2): 6*6*256 = 9,216 is nearer
+    ((2, 56, 56, 256), (6, 6)),    # k=4 block1: 9,216, not 6,400
+    ((2, 9, 11, 1000), (3, 3)),
+    ((1, 4, 4, 2048), (2, 2)),     # 8,192 is nearer than 18,432
+    ((1, 3, 3, 10000), (1, 1)),    # more channels than the budget
+    ((1, 2, 2, 4000), (1, 1)),     # 1x1: 4,000 is nearer than 16,000
+])
+def test_nearest_rule_is_the_authors(shape, grid):
+  """The authors' utils.adaptive_pool picks floor or ceil of sqrt(9000/C),
+  whichever gives a count nearer 9,000, and pools only maps above 9,000."""
+  x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+  got = extract.adaptive_max_pool(tf.constant(x), 9000).numpy()
+  assert got.shape == (shape[0], grid[0] * grid[1] * shape[-1])
+  np.testing.assert_allclose(got, _numpy_adaptive_max(x, *grid))
+
+
+def test_unknown_grid_rule_is_refused():
+  with pytest.raises(ValueError, match="pooling_grid.rule='ceil'"):
+    extract.grid_size(4, 4, 16, rule="ceil")
 
 
 def test_representation_averages_patches_and_pools_blocks():

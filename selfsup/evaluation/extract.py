@@ -1,10 +1,14 @@
 """Representations of a frozen backbone, cached as sharded TFRecords.
 
 The representation of an image is an endpoint of the backbone (`pre_logits`
-by default). A spatial endpoint [H, W, C] is max-pooled over an adaptive
-s x s grid with s the largest integer such that s * s * C <= 9,000 (at least
-1x1), as the authors' evaluation did, so block1..block4 can be evaluated
-with the same linear model. Patch models (Jigsaw, Relative Patch Location)
+by default). A spatial endpoint [H, W, C] with more than 9,000 values is
+max-pooled over an adaptive s x s grid so that block1..block4 can be
+evaluated with the same linear model. As the authors' evaluation, s is the
+integer (floor or ceil of sqrt(9000 / C), at least 1) whose s * s * C is
+nearest to 9,000, so it may exceed 9,000 (k=4 block1: 6x6x256 = 9,216);
+`pooling_grid.rule = "floor"` (gin) keeps s * s * C <= 9,000 instead, as
+selfsup did before. The authors' bins come from TF's fractional max-pooling
+(random boundaries); selfsup's are deterministic near-equal bins. Patch models (Jigsaw, Relative Patch Location)
 see the image as its 3x3 grid of patches: the representation is the average
 of the 9 patches' representations.
 """
@@ -13,6 +17,7 @@ import os
 import queue
 import threading
 
+import gin
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -26,28 +31,62 @@ MAX_FEATURES = 9_000
 _AHEAD = 2
 
 
-def adaptive_max_pool(x, max_features=MAX_FEATURES):
-  """[B, H, W, C] -> [B, s*s*C]: max over s x s near-equal spatial bins.
+GRID_RULES = ("nearest", "floor")
 
-  Bin i along an axis of size n covers [floor(i*n/s), ceil((i+1)*n/s)), so
-  bins tile the map exactly and overlap by at most one pixel.
+
+@gin.configurable
+def pooling_grid(rule="nearest"):
+  """How spatial endpoints are pooled: "nearest" (the authors' evaluation:
+  s * s * C nearest to max_features, unpooled when the map already fits) or
+  "floor" (the largest s with s * s * C <= max_features, capped by the map)."""
+  if rule not in GRID_RULES:
+    raise ValueError(f"pooling_grid.rule={rule!r} is not valid: expected one "
+                     f"of {GRID_RULES}.")
+  return rule
+
+
+def grid_size(h, w, c, max_features=MAX_FEATURES, rule=None):
+  """(rows, cols) of the pooled map of an [h, w, c] endpoint."""
+  rule = pooling_grid(rule) if rule else pooling_grid()
+  if rule == "floor":
+    s = max(1, int(math.isqrt(max_features // c))) if c <= max_features else 1
+    s = min(s, h, w)
+    return s, s
+  if h * w * c <= max_features:
+    return h, w
+  target = math.sqrt(max_features / c)
+  low, high = math.floor(target), math.ceil(target)
+  s = low if abs(max_features - c * low ** 2) < abs(
+      max_features - c * high ** 2) else high
+  s = min(max(s, 1), h, w)
+  return s, s
+
+
+def adaptive_max_pool(x, max_features=MAX_FEATURES, rule=None):
+  """[B, H, W, C] -> [B, r*s*C]: max over r x s near-equal spatial bins.
+
+  (r, s) is `grid_size` under `rule` (default: the gin-bound
+  `pooling_grid.rule`). Bin i along an axis of size n covers
+  [floor(i*n/s), ceil((i+1)*n/s)), so bins tile the map exactly and overlap
+  by at most one pixel.
   """
   _, h, w, c = x.shape
   if h is None or w is None:
     raise ValueError(f"adaptive_max_pool needs a static spatial size, got "
                      f"shape {x.shape}.")
-  s = max(1, int(math.isqrt(max_features // c))) if c <= max_features else 1
-  s = min(s, h, w)
+  rows_n, cols_n = grid_size(h, w, c, max_features, rule)
+  if (rows_n, cols_n) == (h, w):
+    return tf.reshape(x, [-1, h * w * c])
   rows = []
-  for i in range(s):
-    y0, y1 = (i * h) // s, -((-(i + 1) * h) // s)
+  for i in range(rows_n):
+    y0, y1 = (i * h) // rows_n, -((-(i + 1) * h) // rows_n)
     cols = []
-    for j in range(s):
-      x0, x1 = (j * w) // s, -((-(j + 1) * w) // s)
+    for j in range(cols_n):
+      x0, x1 = (j * w) // cols_n, -((-(j + 1) * w) // cols_n)
       cols.append(tf.reduce_max(x[:, y0:y1, x0:x1, :], axis=[1, 2]))
     rows.append(tf.stack(cols, axis=1))
-  pooled = tf.stack(rows, axis=1)  # [B, s, s, C]
-  return tf.reshape(pooled, [-1, s * s * c])
+  pooled = tf.stack(rows, axis=1)  # [B, r, s, C]
+  return tf.reshape(pooled, [-1, rows_n * cols_n * c])
 
 
 def representation(backbone, images, endpoint, max_features=MAX_FEATURES):

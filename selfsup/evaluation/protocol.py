@@ -194,6 +194,7 @@ def feature_fingerprint(export, source, split, layer, max_features, spec):
       "split": split,
       "layer": layer,
       "pooling": {"max_features": int(max_features),
+                  "rule": extract.pooling_grid(),
                   "code": _pooling_code()},
       "preprocessing": spec,
       "dtype": "float32",
