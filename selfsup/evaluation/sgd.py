@@ -13,9 +13,12 @@ The paper's SGD protocols (section 3.3, 4.3, 4.7 and supplementary section 2):
           momentum 0.9, batch 512, 180 epochs, rate 0.01 decayed x0.1 after 60
           and 120 epochs.
 
-Both minimise the mean cross-entropy over the batch plus lambda * ||W||^2 with
-lambda = 100 / (M * C) as for L-BFGS (M = representation size, C = classes);
-biases are not penalised. Readings of the paper, each overridable:
+Both minimise the mean cross-entropy over the batch plus lambda * ||W||^2
+(biases not penalised). The MLP's lambda is L-BFGS's 100 / (M * C) (M =
+representation size, C = classes): the supplementary says "the same l2
+scheme". For the linear head the paper is silent and the authors' code used
+no weight decay, so its default lambda is 0 (`l2="lbfgs"` gives 100 / (M * C),
+docs/paper_vs_code.md). Readings of the paper, each overridable:
   - The linear rate is scaled by B/256 (supplementary section 1's rule, which
     the authors' code applied to every SGD run). The MLP's "initial learning
     rate is 0.01" is used as is, unscaled (`scale_lr=False`), because the
@@ -82,13 +85,22 @@ def _check_int(name, value, minimum=1, optional=False):
   return int(value)
 
 
-def _check_l2(l2, dim, num_classes):
+def default_l2(head, dim, num_classes):
+  """The head's lambda when none is given: 0 for the linear head (the authors'
+  linear_eval had no weight decay), 100 / (M * C) for the MLP (the paper)."""
+  return lbfgs.default_l2(dim, num_classes) if head == "mlp" else 0.0
+
+
+def _check_l2(l2, dim, num_classes, head):
   if l2 is None:
+    return default_l2(head, dim, num_classes)
+  if isinstance(l2, str) and l2 == "lbfgs":
     return lbfgs.default_l2(dim, num_classes)
   if (isinstance(l2, bool) or not isinstance(l2, numbers.Real)
       or not math.isfinite(l2) or l2 < 0):
-    raise ValueError(f"l2={l2!r} is not valid: expected a finite number >= 0 "
-                     f"or None for 100 / (M * C).")
+    raise ValueError(f"l2={l2!r} is not valid: expected a finite number >= 0, "
+                     f"'lbfgs' for 100 / (M * C), or None for the head's "
+                     f"default (linear 0, mlp 100 / (M * C)).")
   return float(l2)
 
 
@@ -115,7 +127,7 @@ def paper_config(head="linear", *, patch_based=False, first_decay=480):
 def make_head(head, num_classes, input_dim, l2=None, *, seed=None):
   """The evaluation head: features [B, input_dim] -> logits [B, num_classes].
 
-  The penalty l2 * ||W||^2 (default 100 / (M * C)) is a kernel regulariser of
+  The penalty l2 * ||W||^2 (default: `default_l2`) is a kernel regulariser of
   every Dense layer, so it is in `model.losses`. The linear head starts at
   zero, like the L-BFGS fit (the problem is convex); the MLP needs random
   weights to break the symmetry of its hidden units.
@@ -123,7 +135,7 @@ def make_head(head, num_classes, input_dim, l2=None, *, seed=None):
   _check_choice("head", head, HEADS)
   num_classes = _check_int("num_classes", num_classes, minimum=2)
   input_dim = _check_int("input_dim", input_dim)
-  l2 = _check_l2(l2, input_dim, num_classes)
+  l2 = _check_l2(l2, input_dim, num_classes, head)
   # Keras' L2(f) adds f * sum(w ** 2): exactly the paper's lambda * ||W||^2.
   regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
   inputs = keras.Input([input_dim], name="features")
@@ -329,7 +341,8 @@ def train_head(head="linear", *, train_data: tf.data.Dataset,
     decay_epochs: epochs after which the rate drops x0.1 (linear (480, 500),
       mlp (60, 120)).
     scale_lr: multiply base_lr by B/256 (linear True, mlp False).
-    l2: lambda of lambda * ||W||^2; default 100 / (M * C).
+    l2: lambda of lambda * ||W||^2; "lbfgs" for 100 / (M * C); default
+      `default_l2(head, ...)`: linear 0 (the authors' code), mlp 100 / (M * C).
     backbone: frozen keras.Model for on-the-fly training; None for features.
     endpoint: the backbone output used as representation.
     spatial_pool: None or "avg", for a 4-D endpoint (see `representation`).
@@ -399,7 +412,7 @@ def train_head(head="linear", *, train_data: tf.data.Dataset,
     log(f"sgd: scaling the rate for batch_size={batch_size}, but the first "
         f"training batch holds {actual_batch} examples.")
 
-  l2 = _check_l2(l2, input_dim, num_classes)
+  l2 = _check_l2(l2, input_dim, num_classes, head)
   model = make_head(head, num_classes, input_dim, l2, seed=seed)
   optimizer = keras.optimizers.SGD(
       learning_rate=learning_rate_schedule(base_lr, batch_size,
