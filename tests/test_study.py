@@ -307,6 +307,9 @@ def test_report_tables_and_figures(hand_written, tmp_path):
   assert table[2:5] == ["| skip | 20.0 [26.0] | 30.0 [36.0] |",
                         "| noskip | 20.0 [26.0] | 25.0 [33.3] |",
                         "| diff. skip - noskip | +0.0 | +5.0 |"]
+  layers = text[text.index("## Layer by layer"):]
+  assert "| cell | block3 | pre_logits |" in layers
+  assert "| rotation-revnet50-w4 | 40.0 | 45.0 |" in layers
   pngs = [p for p in written if p.endswith(".png")]
   assert any("fig2_places205" in p for p in pngs)
   assert any("fig5_places205" in p for p in pngs)

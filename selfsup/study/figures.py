@@ -7,6 +7,7 @@ the cells for: Figure 2 (architectures at the largest width, per task),
 """
 import os
 import re
+import textwrap
 
 from selfsup.study import report as report_lib
 from selfsup.study.spec import fmt
@@ -100,7 +101,7 @@ def fig2(rows, out):
     ax.set_xticklabels(tasks, rotation=15)
     ax.set_ylabel("top-1 accuracy [%]")
     ax.set_title("Figure 2: largest width per task\n"
-                 + report_lib.describe(ctx)[:110], fontsize=8)
+                 + textwrap.fill(report_lib.describe(ctx), 90), fontsize=7)
     ax.legend(fontsize=7)
     made.append(_save(fig, out, f"fig2_{_ctx_name(ctx)}",
                       f"Figure 2 (architectures at the largest width): "

@@ -141,6 +141,27 @@ def main_tables(rows, paper):
   return tables
 
 
+def layer_tables(rows):
+  """[(context, header, body)]: every cell's accuracy layer by layer (the
+  numbers of Figure 5), where a study evaluated more than one layer."""
+  out = []
+  for ctx in order(context(r) for r in rows):
+    sel = [r for r in rows if context(r) == ctx]
+    layers = order((r["layer"] for r in sel), LAYER_ORDER)
+    if len(layers) < 2:
+      continue
+    value = {(r["cell"], r["layer"]): r for r in sel}
+    body = []
+    for cell in order(r["cell"] for r in sel):
+      line = [cell]
+      for layer in layers:
+        r = value.get((cell, layer))
+        line.append(f"{100 * r['top1']:.1f}" if r else "")
+      body.append(line)
+    out.append((ctx, ["cell"] + layers, body))
+  return out
+
+
 def ablation_tables(rows, paper):
   """The skip-connection (or any backbone option) ablation: cells alike but
   for their option, layer by layer, with the difference (supplementary
@@ -224,6 +245,11 @@ def build(root, out, figures=True, paper=None):
                   "column.")
     blocks.append(markdown_table(header, body))
     blocks += notes
+  for ctx, header, body in layer_tables(rows):
+    blocks.append("## Layer by layer")
+    blocks.append(describe(ctx) + ". Spatial endpoints adaptively "
+                  "max-pooled to at most 9,000 features, as the paper.")
+    blocks.append(markdown_table(header, body))
   for title, header, body in ablation_tables(rows, paper):
     blocks.append("## Ablation: backbone options layer by layer")
     blocks.append(title + ". The paper's is supplementary Table 1 (ResNet18 "
