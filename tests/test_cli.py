@@ -1,9 +1,12 @@
 """bin/pretrain and bin/linear_eval end to end on the digits demo."""
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,6 +77,124 @@ def test_linear_eval_without_export_fails_clearly(tmp_path):
   proc = _run("linear_eval", f"--workdir={tmp_path}", check=False)
   assert proc.returncode != 0
   assert "no exported backbone" in proc.stderr
+
+
+def _error_lines(proc):
+  return [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+
+
+def _digest(workdir):
+  """{relative path: sha256} of every file under `workdir`."""
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, workdir)] = hashlib.sha256(
+            f.read()).hexdigest()
+  return out
+
+
+def test_rerunning_a_finished_workdir_changes_nothing(workdir):
+  before = _digest(workdir)
+  proc = _run("pretrain", *TINY, f"--workdir={workdir}")
+  assert "already finished" in proc.stdout
+  assert _digest(workdir) == before
+
+
+def test_incompatible_rerun_leaves_the_records_alone(workdir):
+  before = _digest(workdir)
+  proc = _run("pretrain", *TINY, "--gin_param=build_task.width=0.5",
+              f"--workdir={workdir}", check=False)
+  assert proc.returncode == 1
+  [line] = _error_lines(proc)
+  assert "does not match this model" in line and workdir in line
+  assert _digest(workdir) == before
+
+
+@pytest.mark.parametrize("binding, expected", [
+    ("TrainConfig.train_steps=-5",
+     "error: TrainConfig.train_steps=-5 is invalid: expected an integer >= 0"),
+    ("TrainConfig.batch_size=64.5",
+     "error: TrainConfig.batch_size=64.5 is invalid: expected an integer"),
+    ("build_task.width=0", "error: build_task.width=0 is invalid"),
+])
+def test_bad_numbers_fail_before_any_work(tmp_path, binding, expected):
+  workdir = tmp_path / "w"
+  proc = _run("pretrain", *TINY, f"--gin_param={binding}",
+              f"--workdir={workdir}", check=False)
+  assert proc.returncode == 1
+  [line] = _error_lines(proc)
+  assert line.startswith(expected)
+  assert "Traceback" not in proc.stderr
+  assert not workdir.exists()
+
+
+def test_gin_syntax_error_names_file_and_line(tmp_path):
+  bad = tmp_path / "bad.gin"
+  bad.write_text("TrainConfig.train_steps = 4\nTrainConfig.epochs = )\n")
+  proc = _run("pretrain", *TINY, f"--gin_file={bad}",
+              f"--workdir={tmp_path / 'w'}", check=False)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  [line] = _error_lines(proc)
+  assert f"{bad}, line 2" in line
+
+
+def test_workdir_that_is_a_file_is_one_error_line(tmp_path):
+  path = tmp_path / "file"
+  path.write_text("not a folder")
+  proc = _run("pretrain", *TINY, f"--workdir={path}", check=False)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  [line] = _error_lines(proc)
+  assert str(path) in line and "not a directory" in line
+  verbose = _run("pretrain", *TINY, f"--workdir={path}", "--verbosity=1",
+                 check=False)
+  assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+def _image_folder(root, per_class):
+  rng = np.random.default_rng(per_class)
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  for c in ("ants", "bees", "cats"):
+    os.makedirs(os.path.join(root, "train", c))
+    for i in range(per_class):
+      image = rng.integers(0, 256, (20, 20, 3), np.uint8)
+      image[..., "abc".index(c[0])] = 255  # a class the probe can find
+      tf.io.write_file(os.path.join(root, "train", c, f"{i}.png"),
+                       tf.io.encode_png(image))
+
+
+def test_linear_eval_finds_the_image_folder_of_the_workdir(tmp_path):
+  small, large = str(tmp_path / "small"), str(tmp_path / "large")
+  _image_folder(small, 12)
+  _image_folder(large, 20)
+  workdir = str(tmp_path / "w")
+  folder = ["--gin_param=build_source.name='image_folder'",
+            "--gin_param=build_source.source_kwargs={'holdout': 6}",
+            "--gin_param=TrainConfig.batch_size=6"]
+  _run("pretrain", *TINY, *folder, f"--workdir={workdir}",
+       f"--data_dir={small}")
+  with open(os.path.join(workdir, "data.json")) as f:
+    assert json.load(f)["source"]["data_dir"] == small
+  # No --data_dir: the recorded folder.
+  _run("linear_eval", f"--workdir={workdir}", "--gin_file=gin/eval/lbfgs.gin",
+       "--gin_param=linear_eval.max_iter=5")
+  # Another --data_dir: honoured (the cache is recomputed) and recorded.
+  _run("linear_eval", f"--workdir={workdir}", "--gin_file=gin/eval/lbfgs.gin",
+       "--gin_param=linear_eval.max_iter=5", f"--data_dir={large}")
+  with open(os.path.join(workdir, "results.json")) as f:
+    first, second = json.load(f)
+  assert first["source_args"]["data_dir"] == small
+  assert second["source_args"]["data_dir"] == large
+  assert (first["num_train"], second["num_train"]) == (3 * 12 - 6,
+                                                       3 * 20 - 6)
+  assert first["num_eval"] == second["num_eval"] == 6
+  shutil.rmtree(large)
+  proc = _run("linear_eval", f"--workdir={workdir}", f"--data_dir={large}",
+              check=False)
+  assert proc.returncode == 1
+  [line] = _error_lines(proc)
+  assert large in line
 
 
 def test_pretrain_unknown_binding_fails_before_training(tmp_path):

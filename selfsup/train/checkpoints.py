@@ -72,13 +72,13 @@ class Manager:
     path = self.latest
     if not path:
       return None
-    status = self._checkpoint.restore(path)
     try:
-      status.assert_existing_objects_matched()
-    except AssertionError as err:
+      self._checkpoint.restore(path).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as err:
+      detail = " ".join(str(err).split())  # shape mismatches, missing objects
       raise ValueError(
           f"Checkpoint {path} does not match this model and task (was the "
-          f"workdir used for another configuration?): {err}") from err
+          f"workdir used for another configuration?): {detail}") from err
     return path
 
   def save(self, step):
