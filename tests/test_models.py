@@ -282,6 +282,44 @@ def test_bn_momentum_reaches_every_batch_norm_and_round_trips():
     selfsup.models.get("resnet50_v2", width=TINY, bn_momentum=1.5)
 
 
+@pytest.mark.parametrize("name", ["resnet18_v2", "revnet50", "vgg19_bn"])
+def test_kernel_initializer_defaults_to_the_authors_and_round_trips(name):
+  """tf.layers' glorot_uniform by default (the authors' code); he_normal on
+  request, for every convolution (RevNet's units and VGG's fc6 included)."""
+  import keras  # pylint: disable=import-outside-toplevel
+  kwargs = dict(input_shape=(32, 32, 3)) if name.startswith("vgg") else {}
+  for init, cls in (("glorot_uniform", keras.initializers.GlorotUniform),
+                    ("he_normal", keras.initializers.HeNormal)):
+    extra = {} if init == "glorot_uniform" else {"kernel_initializer": init}
+    model = selfsup.models.get(name, width=TINY if name != "vgg19_bn" else 0.5,
+                               **kwargs, **extra)
+    convs = [l for l in model._flatten_layers()  # pylint: disable=protected-access
+             if isinstance(l, keras.layers.Conv2D)]
+    assert convs and all(isinstance(l.kernel_initializer, cls)
+                         for l in convs), init
+    config = model.get_config()
+    assert config["kernel_initializer"] == init
+    assert type(model).from_config(config).get_config()[
+        "kernel_initializer"] == init
+  with pytest.raises(ValueError, match="kernel_initializer='nope'"):
+    selfsup.models.get(name, width=0.5, kernel_initializer="nope", **kwargs)
+
+
+def test_v2_identity_shortcut_carries_the_input():
+  """With the residual branch zeroed (conv3 kernels 0), a non-projecting v2
+  unit is the identity: its output equals its input, not ReLU(BN(input))."""
+  import keras  # pylint: disable=import-outside-toplevel
+  model = selfsup.models.get("resnet50_v2", width=TINY)
+  for layer in model.layers:
+    if layer.name.endswith("_conv3"):
+      layer.kernel.assign(tf.zeros_like(layer.kernel))
+  probe = keras.Model(model.input, [model.get_layer("block1_unit1_add").output,
+                                    model.get_layer("block1_unit3_add").output])
+  x = _images(2, 32)
+  first, third = probe(x, training=False)
+  np.testing.assert_allclose(third.numpy(), first.numpy(), atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(4, 5, 5, 8), (16, 2, 2, 4), (1, 3, 3, 2)])
 def test_fused_batch_norm_matches_keras_in_training(shape):
   """Output, input/scale/offset gradients and moving statistics (biased

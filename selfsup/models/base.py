@@ -89,12 +89,31 @@ def check_choice(name, value, choices):
   return value
 
 
+# tf.layers' default (glorot_uniform), which the authors' code kept; the
+# paper does not say. "he_normal" is He et al.'s (docs/paper_vs_code.md).
+DEFAULT_KERNEL_INITIALIZER = "glorot_uniform"
+
+
+def check_initializer(kernel_initializer):
+  """A Keras initializer name (or config dict) for the trunk's kernels."""
+  try:
+    keras.initializers.get(kernel_initializer)
+  except (ValueError, TypeError) as err:
+    raise ValueError(
+        f"kernel_initializer={kernel_initializer!r} is not valid: expected a "
+        "Keras initializer name such as 'glorot_uniform' (the authors' code) "
+        f"or 'he_normal' ({err}).") from None
+  return kernel_initializer
+
+
 def check_common(*, width, patch, representation_size, num_classes,
                  weight_decay, sync_batch_norm, input_shape, min_size,
+                 kernel_initializer=DEFAULT_KERNEL_INITIALIZER,
                  need_static=False):
   """Checks the arguments every backbone takes; returns them as config."""
   return dict(
       width=width, patch=bool(patch),
+      kernel_initializer=check_initializer(kernel_initializer),
       representation_size=check_optional_positive_int(
           "representation_size", representation_size),
       num_classes=check_optional_positive_int("num_classes", num_classes),
@@ -110,11 +129,14 @@ class Layers:
     weight_decay: L2 decay on every kernel (see `l2`).
     sync_batch_norm: synchronise batch statistics across replicas, so that the
       moving statistics agree on every replica after training.
+    kernel_initializer: initializer of every convolution kernel.
   """
 
-  def __init__(self, weight_decay, sync_batch_norm=False):
+  def __init__(self, weight_decay, sync_batch_norm=False,
+               kernel_initializer=DEFAULT_KERNEL_INITIALIZER):
     self.weight_decay = weight_decay
     self.sync_batch_norm = sync_batch_norm
+    self.kernel_initializer = kernel_initializer
 
   def conv(self, x, filters, kernel_size, *, name, strides=1, use_bias=False):
     """Convolution with the authors' fixed padding for strided layers.
@@ -133,7 +155,7 @@ class Layers:
       padding = "same"
     return keras.layers.Conv2D(
         filters, kernel_size, strides=strides, padding=padding,
-        use_bias=use_bias, kernel_initializer="he_normal",
+        use_bias=use_bias, kernel_initializer=self.kernel_initializer,
         kernel_regularizer=l2(self.weight_decay), name=name)(x)
 
   def bn(self, x, name):

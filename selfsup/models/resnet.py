@@ -81,12 +81,15 @@ class ResNet(base.Backbone):
     weight_decay: L2 decay on kernels (gradient weight_decay * w).
     sync_batch_norm: synchronise batch statistics across replicas.
     input_shape: (H, W, C); H and W may be None.
+    kernel_initializer: of every convolution ("glorot_uniform", tf.layers'
+      default, as the authors' code; "he_normal" as He et al.).
   """
 
   def __init__(self, depth=50, version="v2", width=4, last_relu=True,
                skip_connections=True, patch=False, representation_size=None,
                num_classes=None, weight_decay=1e-4, sync_batch_norm=False,
-               input_shape=(None, None, 3), bn_momentum=0.99, name=None,
+               input_shape=(None, None, 3), bn_momentum=0.99,
+               kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER, name=None,
                **kwargs):
     base.check_choice("depth", depth, tuple(_UNITS))
     base.check_choice("version", version, ("v1", "v2"))
@@ -101,10 +104,11 @@ class ResNet(base.Backbone):
                       representation_size=representation_size,
                       num_classes=num_classes, weight_decay=weight_decay,
                       sync_batch_norm=sync_batch_norm,
-                      input_shape=input_shape, min_size=8))
+                      input_shape=input_shape, min_size=8,
+                      kernel_initializer=kernel_initializer))
     config["bn_momentum"] = norm.check_momentum(bn_momentum)
 
-    layers = base.Layers(weight_decay, sync_batch_norm)
+    layers = base.Layers(weight_decay, sync_batch_norm, kernel_initializer)
     inputs = keras.Input(shape=config["input_shape"], name="image")
     x = layers.conv(inputs, root_channels, 7, strides=1 if patch else 2,
                     name="root_conv")

@@ -25,10 +25,12 @@ _UNITS = (3, 4, 6, 3)
 class RevUnit(keras.layers.Layer):
   """Reversible unit y = concat(x2, x1 + F(x2)) with an exact `inverse`."""
 
-  def __init__(self, weight_decay=1e-4, sync_batch_norm=False, **kwargs):
+  def __init__(self, weight_decay=1e-4, sync_batch_norm=False,
+               kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER, **kwargs):
     super().__init__(**kwargs)
     self.weight_decay = weight_decay
     self.sync_batch_norm = sync_batch_norm
+    self.kernel_initializer = kernel_initializer
 
   def build(self, input_shape):
     channels = input_shape[-1]
@@ -44,7 +46,7 @@ class RevUnit(keras.layers.Layer):
 
     def conv(filters, size, name):
       return keras.layers.Conv2D(filters, size, padding="same", use_bias=False,
-                                 kernel_initializer="he_normal",
+                                 kernel_initializer=self.kernel_initializer,
                                  kernel_regularizer=reg, name=name)
 
     self.bn1, self.conv1 = bn("bn1"), conv(inner, 1, "conv1")
@@ -81,7 +83,8 @@ class RevUnit(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "weight_decay": self.weight_decay,
-            "sync_batch_norm": self.sync_batch_norm}
+            "sync_batch_norm": self.sync_batch_norm,
+            "kernel_initializer": self.kernel_initializer}
 
 
 @keras.saving.register_keras_serializable(package="selfsup")
@@ -108,16 +111,19 @@ class RevNet(base.Backbone):
   def __init__(self, width=4, last_relu=True, patch=False,
                representation_size=None, num_classes=None, weight_decay=1e-4,
                sync_batch_norm=False, input_shape=(None, None, 3),
-               bn_momentum=0.99, name=None, **kwargs):
+               bn_momentum=0.99,
+               kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER, name=None,
+               **kwargs):
     root_channels = base.check_width(width, multiple_of=2)
     config = dict(last_relu=bool(last_relu), **base.check_common(
         width=width, patch=patch, representation_size=representation_size,
         num_classes=num_classes, weight_decay=weight_decay,
         sync_batch_norm=sync_batch_norm, input_shape=input_shape,
-        min_size=8))
+        min_size=8, kernel_initializer=kernel_initializer))
     config["bn_momentum"] = norm.check_momentum(bn_momentum)
 
-    layers = base.Layers(weight_decay=None, sync_batch_norm=sync_batch_norm)
+    layers = base.Layers(weight_decay=None, sync_batch_norm=sync_batch_norm,
+                         kernel_initializer=kernel_initializer)
     inputs = keras.Input(shape=config["input_shape"], name="image")
     x = layers.conv(inputs, 4 * root_channels, 7, strides=1 if patch else 2,
                     name="root_conv")
@@ -136,7 +142,8 @@ class RevNet(base.Backbone):
         x = ChannelPad(name=f"transition{b}_pad")(x)
       names = [f"block{b}_unit{u + 1}" for u in range(units)]
       for unit_name in names:
-        x = RevUnit(weight_decay, sync_batch_norm, name=unit_name)(x)
+        x = RevUnit(weight_decay, sync_batch_norm, kernel_initializer,
+                    name=unit_name)(x)
       unit_names.append(names)
       endpoints[f"block{b}"] = x
 

@@ -33,17 +33,18 @@ class VGG(base.Backbone):
 
   def __init__(self, width=8, patch=False, representation_size=None,
                num_classes=None, weight_decay=1e-4, sync_batch_norm=False,
-               input_shape=(224, 224, 3), bn_momentum=0.99, name=None,
+               input_shape=(224, 224, 3), bn_momentum=0.99,
+               kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER, name=None,
                **kwargs):
     base_channels = base.check_width(width, multiple_of=2) // 2
     config = base.check_common(
         width=width, patch=patch, representation_size=representation_size,
         num_classes=num_classes, weight_decay=weight_decay,
         sync_batch_norm=sync_batch_norm, input_shape=input_shape,
-        min_size=32, need_static=True)
+        min_size=32, need_static=True, kernel_initializer=kernel_initializer)
     config["bn_momentum"] = norm.check_momentum(bn_momentum)
 
-    layers = base.Layers(weight_decay, sync_batch_norm)
+    layers = base.Layers(weight_decay, sync_batch_norm, kernel_initializer)
     inputs = keras.Input(shape=config["input_shape"], name="image")
     x = inputs
     endpoints = {}
@@ -62,7 +63,7 @@ class VGG(base.Backbone):
     kernel = (x.shape[1], x.shape[2])
     x = keras.layers.Conv2D(
         fc_channels, kernel, padding="valid", use_bias=False,
-        kernel_initializer="he_normal",
+        kernel_initializer=kernel_initializer,
         kernel_regularizer=base.l2(weight_decay), name="fc6")(x)
     x = layers.bn_relu(x, "fc6_bn")
     x = layers.bn_relu(layers.conv(x, fc_channels, 1, name="fc7"), "fc7_bn")
