@@ -49,6 +49,9 @@ EXTRAS = {
         "scikit-image>=0.22",
         "pytest>=8",
         "pytest-timeout>=2.2",
+        # Only for the subprocess that runs the authors' TF1 models as the
+        # oracle of tests/test_tf1_reference.py; selfsup never imports it.
+        f"tf-keras=={TF_VERSION}",
         "matplotlib>=3.7",
     ],
 }
@@ -72,6 +75,7 @@ setup(
         "console_scripts": [
             "selfsup-pretrain=selfsup.cli.pretrain:run",
             "selfsup-linear-eval=selfsup.cli.linear_eval:run",
+            "selfsup-import-tf1=selfsup.cli.import_tf1:run",
             "selfsup-study=selfsup.study.cli:run_study",
             "selfsup-report=selfsup.study.cli:run_report",
         ],

@@ -9,6 +9,7 @@ from selfsup.models.base import ENDPOINTS, Backbone
 from selfsup.models.registry import get, list, register  # pylint: disable=redefined-builtin
 from selfsup.models.resnet import ResNet
 from selfsup.models.revnet import ChannelPad, RevNet, RevUnit
+from selfsup.models.tf1 import TF1CheckpointError, load_tf1
 from selfsup.models.vgg import VGG
 
 register("resnet50_v1", ResNet, depth=50, version="v1")
@@ -21,4 +22,5 @@ register("resnet18_v1", ResNet, depth=18, version="v1")
 register("resnet18_v2", ResNet, depth=18, version="v2")
 
 __all__ = ["ENDPOINTS", "Backbone", "ChannelPad", "ResNet", "RevNet",
-           "RevUnit", "VGG", "get", "list", "register"]
+           "RevUnit", "TF1CheckpointError", "VGG", "get", "list", "load_tf1",
+           "register"]
