@@ -1,0 +1,99 @@
+"""bin/import_tf1: the authors' TF1 checkpoints as a selfsup workdir.
+
+    bin/import_tf1 --checkpoint=PATH --backbone=NAME --width=K \\
+        [--task=rotation|exemplar|jigsaw|relative_patch_location] \\
+        --workdir=DIR [--source=imagenet2012] [--data_dir=DIR]
+
+PATH is a TF1 checkpoint prefix, a directory with a `checkpoint` file, or a
+TF-Hub module directory (the authors' released modules). The workdir gets an
+export (backbone.keras, SavedModel, info.json with the task's evaluation
+specs) and a config.gin naming the evaluation data, so that
+
+    bin/linear_eval --workdir=DIR
+
+evaluates the authors' model with selfsup's protocol. Patch tasks (Jigsaw,
+Relative Patch Location) use the patch variant of ResNets and RevNets, as the
+authors trained them. Bad input ends with one `error:` line.
+"""
+import os
+import sys
+
+from absl import app, flags
+
+from selfsup.cli import common
+
+FLAGS = flags.FLAGS
+TASKS = ("rotation", "exemplar", "jigsaw", "relative_patch_location")
+PATCH_TASKS = ("jigsaw", "relative_patch_location")
+flags.DEFINE_string("checkpoint", None, "TF1 checkpoint prefix, a folder with "
+                    "a 'checkpoint' file, or a TF-Hub module folder.")
+flags.DEFINE_string("backbone", None, "selfsup backbone name, e.g. revnet50 "
+                    "(see selfsup.models.list()).")
+flags.DEFINE_float("width", None, "widening factor k of the checkpoint.")
+flags.DEFINE_enum("task", "rotation", TASKS, "the pretext task it was "
+                  "trained on (picks the evaluation preprocessing).")
+flags.DEFINE_string("workdir", None, "where the export and config.gin go.")
+flags.DEFINE_integer("image_size", None, "side of the images the model saw: "
+                     "default 224, or 64 (the patch side) for patch tasks.")
+flags.DEFINE_string("source", "imagenet2012", "evaluation data source "
+                    "recorded in config.gin (build_source.name).")
+flags.DEFINE_string("data_dir", None, "data location recorded for it.")
+
+
+def _width(value):
+  return int(value) if float(value).is_integer() else value
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  missing = [f"--{n}" for n in ("checkpoint", "backbone", "width", "workdir")
+             if getattr(FLAGS, n) is None]
+  if missing:
+    sys.exit(f"error: {', '.join(missing)} required (see --help).")
+  show_traceback = common.verbose()
+  common.set_logging()
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  import selfsup.models
+  from selfsup.train import export
+  # pylint: enable=g-import-not-at-top
+  with common.reporting(show_traceback):
+    workdir = FLAGS.workdir
+    if tf.io.gfile.exists(os.path.join(workdir, "export", export.INFO)):
+      raise ValueError(f"{workdir} already holds an export (export/"
+                       f"{export.INFO}): give a new --workdir.")
+    patch_task = FLAGS.task in PATCH_TASKS
+    size = FLAGS.image_size or (64 if patch_task else 224)
+    if size < 8:
+      raise ValueError(f"--image_size={size} is not valid: expected >= 8.")
+    vgg = FLAGS.backbone.startswith("vgg")
+    kwargs = {"input_shape": (size, size, 3)} if vgg else {}
+    backbone = selfsup.models.load_tf1(
+        FLAGS.checkpoint, FLAGS.backbone, width=_width(FLAGS.width),
+        patch=patch_task and not vgg, **kwargs)
+    tf.io.gfile.makedirs(workdir)
+    out = export.write_export(
+        backbone, workdir, task=FLAGS.task, backbone_name=FLAGS.backbone,
+        image_size=size, patch_based=patch_task, step=0,
+        extra={"imported_from": os.path.abspath(FLAGS.checkpoint),
+               "imported_format": "tf1"})
+    lines = ["# Written by bin/import_tf1: the data bin/linear_eval "
+             "evaluates on.", "import selfsup.train.experiment", "",
+             f"build_source.name = {FLAGS.source!r}"]
+    if FLAGS.data_dir:
+      lines.append(f"build_source.data_dir = {FLAGS.data_dir!r}")
+    config = os.path.join(workdir, "config.gin")
+    with tf.io.gfile.GFile(config + ".tmp", "w") as f:
+      f.write("\n".join(lines) + "\n")
+    tf.io.gfile.rename(config + ".tmp", config, overwrite=True)
+  print(f"imported {FLAGS.backbone} (width {FLAGS.width:g}, {FLAGS.task}) "
+        f"from {FLAGS.checkpoint}: {out}")
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
