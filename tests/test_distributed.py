@@ -17,7 +17,10 @@ are compared only through "finite and falling": at a learning rate of 0.1 on
 step by step. Patch tasks run with dropout 0 (masks are drawn per replica).
 Exemplar's triplet loss is per replica batch by design (negatives come from
 the replica's own images), so for it only "trains, finite, falling" is
-checked.
+checked, and "falling" on averages over thirds of a 24-step run: its mined
+loss is not one smooth objective, and step by step it follows the
+processor's rounding. `SELFSUP_TEST_SEED=1` runs all of this on other
+initial weights.
 """
 import json
 import os
@@ -144,9 +147,15 @@ def test_loss_is_finite_and_falls(compare, task, kind):
   _, results = compare
   run = results[f"{task}/{kind}"]
   losses = np.array(run["losses"])
-  assert run["step"] == 12 and len(losses) == 12
+  steps = training_runs.FIXED_STEPS.get(task, 12)
+  assert run["step"] == steps and len(losses) == steps
   assert np.all(np.isfinite(losses))
-  assert losses[-3:].mean() < 0.99 * losses[:3].mean(), losses
+  if task == "exemplar":
+    # Mined triplets: judged on averages over thirds of a longer run.
+    third = steps // 3
+    assert losses[-third:].mean() < 0.75 * losses[:third].mean(), losses
+  else:
+    assert losses[-3:].mean() < 0.99 * losses[:3].mean(), losses
 
 
 @pytest.mark.parametrize("task", MATCHING)
