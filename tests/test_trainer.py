@@ -286,14 +286,18 @@ def test_export_writes_keras_savedmodel_and_info(tmp_path):
   trainer.train(max_steps=2)
   out = trainer.export()
   assert out == os.path.join(str(tmp_path), "export")
-  assert sorted(os.listdir(out)) == ["backbone.keras", "info.json",
-                                     "saved_model"]
+  assert sorted(os.listdir(out)) == ["backbone.keras", "head.keras",
+                                     "info.json", "saved_model"]
   with open(os.path.join(out, "info.json")) as f:
     info = json.load(f)
   assert info["task"] == "rotation" and info["backbone"] == "resnet18_v2"
   assert info["step"] == 2 and info["image_size"] == runs.IMAGE_SIZE
+  # The pretext head (Rotation's 4-way logits) is its own file.
   assert info["endpoints"] == ["after_root", "block1", "block2", "block3",
-                               "block4", "pre_logits", "logits"]
+                               "block4", "pre_logits"]
+  assert info["head"] == {"file": "head.keras", "input": "pre_logits",
+                          "units": 4}
+  assert info["input"]["shape"] == [None, runs.IMAGE_SIZE, runs.IMAGE_SIZE, 3]
   assert info == selfsup.train.load_info(out)
   metrics = trainer.evaluate(split="val", num_batches=2, batch_size=5)
   assert sorted(metrics) == ["accuracy", "images", "loss"]
@@ -305,9 +309,12 @@ def test_export_writes_keras_savedmodel_and_info(tmp_path):
       images, training=False).items()}
   keras_model = selfsup.train.load_backbone(out)
   got = keras_model(images, training=False)
-  assert sorted(got) == sorted(want)
-  for key in want:
+  assert sorted(got) == sorted(set(want) - {"logits"})
+  for key in got:
     np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5)
+  head = keras.saving.load_model(os.path.join(out, "head.keras"))
+  np.testing.assert_allclose(head(got["pre_logits"]), want["logits"],
+                             rtol=1e-5, atol=1e-5)
 
   # Plain TensorFlow, in a process that never imports selfsup.
   np.save(tmp_path / "images.npy", images)
@@ -320,8 +327,8 @@ def test_export_writes_keras_savedmodel_and_info(tmp_path):
   assert json.loads(result.stdout.strip().splitlines()[-1]) == {
       "selfsup": False}
   with np.load(tmp_path / "served.npz") as served:
-    assert sorted(served.files) == sorted(want)
-    for key in want:
+    assert sorted(served.files) == sorted(got)
+    for key in got:
       np.testing.assert_allclose(served[key], want[key], rtol=1e-5,
                                  atol=1e-5, err_msg=key)
 

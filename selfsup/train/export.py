@@ -1,9 +1,13 @@
 """Exports a trained backbone for evaluation and for other people's code.
 
 `workdir/export/` holds `backbone.keras` (Keras 3, this package's layers
-registered), `saved_model/` (a TF SavedModel whose `serve` signature maps
+registered; the backbone without the pretext head: its endpoints end at
+`pre_logits`), `saved_model/` (a TF SavedModel whose `serve` signature maps
 float32 images to the dict of endpoints; loadable with `tf.saved_model.load`
-without selfsup) and `info.json` (task, backbone config, evaluation specs,
+without selfsup), `head.keras` when the pretraining backbone had a `logits`
+layer (that layer alone, pre_logits -> logits: Rotation's 4-way classifier,
+Exemplar's and the patch tasks' embedding) and `info.json` (task, backbone
+config, `input`: the images the backbone expects, evaluation specs,
 `weights_sha256`: a hash of every weight), written last: an export without
 `info.json` is incomplete. Both are written in a scratch folder inside the
 workdir (`tmp/`, never the system's temporary folder) and moved into place;
@@ -24,6 +28,7 @@ from selfsup.train import precision
 
 INFO = "info.json"
 KERAS_FILE = "backbone.keras"
+HEAD_FILE = "head.keras"
 SAVED_MODEL = "saved_model"
 # Scratch folders of a workdir (removed by the next run that starts there).
 TMP = "tmp"
@@ -43,13 +48,62 @@ def specs_for(task_name, image_size, patch_based):
   return specs_lib.evaluation_specs(task_name, size=image_size)
 
 
-def _float32_copy(model):
-  """A copy outside any strategy, in float32, without synchronised BN."""
+def _float32_copy(model, head=True):
+  """A copy outside any strategy, in float32, without synchronised BN (and
+  without the `logits` layer unless `head`), holding `model`'s weights."""
   config = dict(model.get_config(), sync_batch_norm=False)
+  if not head:
+    config["num_classes"] = None
   with precision.dtype_policy("float32"):
     clone = type(model).from_config(config)
-  clone.set_weights(model.get_weights())
+  for layer in clone.layers:
+    if layer.weights:
+      layer.set_weights(model.get_layer(layer.name).get_weights())
   return clone
+
+
+def headless(backbone):
+  """`backbone` without its `logits` layer: a float32 copy ending at
+  `pre_logits`, or `backbone` itself when it has no such layer."""
+  if "logits" not in backbone.output:
+    return backbone
+  return _float32_copy(backbone, head=False)
+
+
+def head_model(backbone):
+  """The `logits` layer of `backbone` as its own model (pre_logits -> logits),
+  or None when it has none."""
+  if "logits" not in backbone.output:
+    return None
+  layer = backbone.get_layer("logits")
+  with precision.dtype_policy("float32"):
+    dense = keras.layers.Dense.from_config(layer.get_config())
+    head = keras.Sequential([keras.Input((layer.kernel.shape[0],)), dense],
+                            name="head")
+  dense.set_weights(layer.get_weights())
+  return head
+
+
+def input_info(eval_spec, image_size, patch_based):
+  """What the exported backbone takes, for info.json's `input`."""
+  if patch_based:
+    return {
+        "layout": "NHWC", "dtype": "float32",
+        "shape": [None, image_size, image_size, 3],
+        "values": "each patch standardised (zero mean, unit variance over "
+                  "its pixels and channels)",
+        "patches": "the central square of the image resized as the spec "
+                   "says, cut into a 3x3 grid of patches; the backbone sees "
+                   "each patch, the representation is the average of the 9 "
+                   "patches' (pooled) endpoints",
+        "from_images": eval_spec,
+    }
+  return {
+      "layout": "NHWC", "dtype": "float32",
+      "shape": [None, image_size, image_size, 3],
+      "values": "[-1, 1] (value_range(-1, 1) of uint8 [0, 255] RGB)",
+      "from_images": eval_spec,
+  }
 
 
 def weights_sha256(model):
@@ -83,24 +137,34 @@ def write_export(backbone, workdir, *, task, backbone_name, image_size,
   """Writes `backbone` as `workdir/export` for `task`; returns the folder.
 
   `extra` adds entries to info.json (e.g. where an imported model came from).
+  A `logits` layer of `backbone` (the pretext head) is left out of
+  backbone.keras and the SavedModel and written alone as head.keras.
   """
   out = os.path.join(workdir, "export")
   tf.io.gfile.makedirs(out)
   info_path = os.path.join(out, INFO)
   if tf.io.gfile.exists(info_path):
     tf.io.gfile.remove(info_path)  # incomplete until rewritten
-  backbone = _float32_copy(backbone)
+  head = head_model(backbone)
+  backbone = _float32_copy(backbone, head=False)
   tmp = scratch_dir(workdir, "export")
   try:
     keras_path = os.path.join(tmp, KERAS_FILE)
     backbone.save(keras_path)
     saved = os.path.join(tmp, SAVED_MODEL)
     backbone.export(saved, format="tf_saved_model", verbose=False)
+    if head is not None:
+      head.save(os.path.join(tmp, HEAD_FILE))
     _replace(keras_path, os.path.join(out, KERAS_FILE))
     _replace(saved, os.path.join(out, SAVED_MODEL))
+    if head is not None:
+      _replace(os.path.join(tmp, HEAD_FILE), os.path.join(out, HEAD_FILE))
+    elif tf.io.gfile.exists(os.path.join(out, HEAD_FILE)):
+      tf.io.gfile.remove(os.path.join(out, HEAD_FILE))
   finally:
     if tf.io.gfile.exists(tmp):
       tf.io.gfile.rmtree(tmp)
+  eval_specs = specs_for(task, image_size, patch_based)
   info = {
       "task": task,
       "backbone": backbone_name,
@@ -109,7 +173,11 @@ def write_export(backbone, workdir, *, task, backbone_name, image_size,
       "patch_based": patch_based,
       "step": int(step),
       "endpoints": list(backbone.endpoint_names),
-      "eval_specs": specs_for(task, image_size, patch_based),
+      "input": input_info(eval_specs["eval"], image_size, patch_based),
+      "head": ({"file": HEAD_FILE, "input": "pre_logits",
+                "units": int(head.layers[-1].units)} if head is not None
+               else None),
+      "eval_specs": eval_specs,
       "pretext_eval_specs": pretext_eval_specs,
       "weights_sha256": weights_sha256(backbone),
       **(extra or {}),
@@ -155,7 +223,8 @@ def load_info(export_dir):
 
 
 def load_backbone(export_dir):
-  """The exported backbone as a Keras model (needs selfsup imported)."""
+  """The exported backbone as a Keras model."""
+  import selfsup.models  # pylint: disable=g-import-not-at-top,unused-import
   load_info(export_dir)
   return keras.saving.load_model(os.path.join(export_dir, KERAS_FILE))
 
