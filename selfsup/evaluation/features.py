@@ -219,9 +219,11 @@ def claim(out_dir: str, split: str, fingerprint: dict, *, layer: str,
 
 
 def _remove_partial_shards(out_dir, split):
-  """Shards of a killed writer (`<split>-N.tfrecord.tmp`)."""
-  for path in tf.io.gfile.glob(os.path.join(out_dir, f"{split}-*.tmp")):
-    tf.io.gfile.remove(path)
+  """What a killed writer left: `<split>-N.tfrecord.tmp`, `<split>.json.tmp`."""
+  for path in tf.io.gfile.glob(os.path.join(out_dir, f"{split}-*.tmp")) + [
+      metadata_path(out_dir, split) + ".tmp"]:
+    if tf.io.gfile.exists(path):
+      tf.io.gfile.remove(path)
 
 
 def _start(out_dir, split, layer, shard_size, resume, fingerprint) -> dict:
@@ -284,7 +286,7 @@ def _example(features: np.ndarray, label: int) -> bytes:
       "features": tf.train.Feature(
           bytes_list=tf.train.BytesList(value=[features.tobytes()])),
       "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-  })).SerializeToString()
+  })).SerializeToString(deterministic=True)  # map order fixed: same bytes
 
 
 def write_split(out_dir: str, split: str,
