@@ -158,7 +158,10 @@ class Representation(keras.layers.Layer):
     if not weight_decay:
       for variable in backbone.weights:
         variable.regularizer = None
-    self.trainable = trainable  # down to every layer of the backbone
+    # Down to every layer of the backbone. (`self.trainable = trainable`
+    # would stop at once: TF's attribute tracking skips assigning the value
+    # an attribute already has.)
+    keras.layers.Layer.trainable.fset(self, trainable)
     self.input_spec = keras.InputSpec(ndim=4)
     # tf.map_fn and the data-dependent resize are not for XLA.
     self.supports_jit = False
