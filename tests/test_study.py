@@ -39,7 +39,13 @@ def test_grid_expansion_and_names():
   cell = next(c for c in cells if c.name == "random_init-revnet50-w0.5-noskip")
   assert cell.settings["kind"] == "random_init"
   assert cell.pretrain["gin_files"][0] == "gin/rotation.gin"
-  assert "TrainConfig.train_steps = 0" in cell.pretrain["params"]
+  # Batch-norm statistics measured on the data (as bin/demo's baseline),
+  # weights untouched: the random-init bindings come last.
+  params = cell.pretrain["params"]
+  assert params[-len(spec_lib.RANDOM_INIT_PARAMS):] == list(
+      spec_lib.RANDOM_INIT_PARAMS)
+  assert "TrainConfig.base_lr = 1e-9" in params
+  assert "TrainConfig.train_steps = 0" not in params
   assert ('build_task.backbone_kwargs = {"skip_connections": False}'
           in cell.pretrain["params"])
   # lbfgs x 2 fractions + sgd_linear x 2 fractions x 2 schedules
@@ -52,6 +58,19 @@ def test_grid_expansion_and_names():
       in sgd
 
 
+def test_baselines_take_their_own_widths_and_random_init_params():
+  spec = _spec(baselines=("random_init", "supervised"),
+               task_widths={"supervised": (0.5,)},
+               random_init_params=("TrainConfig.train_steps = 7",))
+  names = [c.name for c in spec_lib.expand(spec)]
+  assert "supervised-revnet50-w0.5" in names
+  assert "supervised-revnet50-w0.25" not in names
+  assert "random_init-revnet50-w0.25" in names
+  cell = next(c for c in spec_lib.expand(spec)
+              if c.name == "random_init-revnet50-w0.25")
+  assert cell.pretrain["params"][-1] == "TrainConfig.train_steps = 7"
+
+
 @pytest.mark.parametrize("kw,needle", [
     (dict(widths=(0,)), "width 0"),
     (dict(tasks=("rotaton",)), "gin/rotaton.gin"),
@@ -59,6 +78,8 @@ def test_grid_expansion_and_names():
     (dict(fractions=(1.5,)), "fraction 1.5"),
     (dict(evaluations=("lbgfs",)), "gin/eval/lbgfs.gin"),
     (dict(task_widths={"exemplar": (4,)}), "task_widths names 'exemplar'"),
+    (dict(random_init_params="TrainConfig.train_steps = 9"),
+     "study.random_init_params="),
     (dict(backbones=()), "study.backbones=()"),
     (dict(sgd_schedules={"x": -3}), "SGD schedule 'x'"),
 ])
@@ -132,6 +153,8 @@ study.params = ("build_task.image_size = 16",
                 "TrainConfig.train_steps = 4", "TrainConfig.steps_per_loop = 2",
                 "TrainConfig.checkpoint_steps = 2",
                 "TrainConfig.eval_batches = 1")
+study.random_init_params = ("TrainConfig.train_steps=4",
+                            "TrainConfig.base_lr = 1e-9")
 study.evaluations = ("lbfgs",)
 study.layers = ("block4", "pre_logits")
 study.eval_params = ("linear_eval.max_iter = 50",)

@@ -18,8 +18,19 @@ import gin
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "gin")
 # Baselines are cells too: the random-init one exports the initialisation of
-# `random_init_task`'s model (0 steps), the supervised one trains on labels.
+# `random_init_task`'s model, the supervised one trains on labels.
 BASELINES = ("random_init", "supervised")
+# The random-init baseline's weights stay at their initialisation, but its
+# batch-norm statistics are measured on the data, as the pretrained cells'
+# are (and as bin/demo's baseline): 60 steps at a learning rate too small to
+# move a weight. Exported at 0 steps, the statistics stay at their initial
+# values (mean 0, variance 1) and the features unnormalised. Applied after
+# every other binding of the cell; `study.random_init_params` replaces them.
+RANDOM_INIT_PARAMS = ("TrainConfig.train_steps = 60",
+                      "TrainConfig.base_lr = 1e-9",
+                      "TrainConfig.warmup_epochs = 0",
+                      "TrainConfig.steps_per_loop = 20",
+                      "TrainConfig.checkpoint_steps = 60")
 SGD_EVALUATIONS = ("sgd_linear", "mlp")
 _NAME = re.compile(r"^[A-Za-z0-9_.=+-]+$")
 
@@ -38,6 +49,7 @@ class StudySpec:
   seeds: tuple = (None,)
   baselines: tuple = ()
   random_init_task: str = "rotation"
+  random_init_params: tuple = RANDOM_INIT_PARAMS
   source: str = None
   gin_files: tuple = ()
   params: tuple = ()
@@ -64,8 +76,8 @@ def study(name=gin.REQUIRED, tasks=gin.REQUIRED, backbones=gin.REQUIRED,
     backbones: backbone names (`build_task.backbone`).
     widths: widening factors (`build_task.width`).
     **kwargs: the other fields of `StudySpec`:
-      task_widths: {task: widths} replacing `widths` for that task (the
-        paper skips widths that did not fit in memory).
+      task_widths: {task or baseline: widths} replacing `widths` for that
+        task (the paper skips widths that did not fit in memory).
       representation_sizes: sizes of the extra linear layer of section 4.6
         (None: no extra layer).
       backbone_options: {label: backbone kwargs}, e.g. {"": {}, "noskip":
@@ -76,6 +88,9 @@ def study(name=gin.REQUIRED, tasks=gin.REQUIRED, backbones=gin.REQUIRED,
       seeds: `TrainConfig.seed` values (None: the gin files' seed).
       baselines: a subset of BASELINES, one cell per backbone and width.
       random_init_task: whose model the random-init baseline exports.
+      random_init_params: the random-init baseline's pretraining bindings,
+        applied last (default RANDOM_INIT_PARAMS: batch-norm statistics
+        measured on the data, weights untouched).
       source: `build_source.name` of pretraining (None: the gin files').
       gin_files: pretraining gin files applied after gin/<task>.gin.
       params: pretraining bindings for every cell.
@@ -126,9 +141,10 @@ def make_spec(**fields):
       raise ValueError(f"width {width!r} is not valid: expected a positive "
                        f"number.")
   for task in spec.task_widths:
-    if task not in spec.tasks:
+    if task not in tuple(spec.tasks) + tuple(spec.baselines):
       raise ValueError(f"study.task_widths names {task!r}, which is not in "
-                       f"study.tasks={tuple(spec.tasks)}.")
+                       f"study.tasks={tuple(spec.tasks)} or study.baselines="
+                       f"{tuple(spec.baselines)}.")
   for size in spec.representation_sizes:
     if size is not None and (not isinstance(size, int) or size <= 0):
       raise ValueError(f"representation size {size!r} is not valid: expected "
@@ -153,7 +169,7 @@ def make_spec(**fields):
   for name in spec.evaluations:
     _eval_file(name)
   for field in ("gin_files", "params", "eval_params", "pretrain_flags",
-                "eval_flags"):
+                "eval_flags", "random_init_params"):
     value = getattr(spec, field)
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
       raise ValueError(f"study.{field}={value!r} is not valid: expected a "
@@ -289,7 +305,7 @@ def _pretrain_args(spec, settings):
   if settings["seed"] is not None:
     params.append(f"TrainConfig.seed = {lit(settings['seed'])}")
   if kind == "random_init":
-    params.append("TrainConfig.train_steps = 0")
+    params += list(spec.random_init_params)
   return {"gin_files": [f"gin/{task_file}.gin"] + list(spec.gin_files),
           "params": params}
 
