@@ -53,6 +53,9 @@ EXTRAS = {
         # oracle of tests/test_tf1_reference.py; selfsup never imports it.
         f"tf-keras=={TF_VERSION}",
         "matplotlib>=3.7",
+        # tests/test_packaging.py builds the wheel without build isolation.
+        "build>=1.0",
+        "wheel>=0.40",
     ],
 }
 
@@ -66,13 +69,19 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["selfsup", "selfsup.*"]),
-    package_data={"selfsup": ["assets/*.bin", "study/paper_results.json"]},
+    # The repository's gin/ is the source of truth for the configs; installed,
+    # it is the package data folder selfsup/gin (selfsup.cli.common finds
+    # either), so `--gin_file=jigsaw.gin` works after `pip install selfsup`.
+    packages=find_packages(include=["selfsup", "selfsup.*"]) + ["selfsup.gin"],
+    package_dir={"selfsup.gin": "gin"},
+    package_data={"selfsup": ["assets/*.bin", "study/paper_results.json"],
+                  "selfsup.gin": ["*.gin", "*/*.gin"]},
     include_package_data=True,
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
+            "selfsup=selfsup.__main__:main",
             "selfsup-pretrain=selfsup.cli.pretrain:run",
             "selfsup-linear-eval=selfsup.cli.linear_eval:run",
             "selfsup-import-tf1=selfsup.cli.import_tf1:run",

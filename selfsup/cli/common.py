@@ -4,18 +4,29 @@ Known failures (bad settings, missing or bad data, a workdir that cannot be
 written, a full disk, a diverged run) end a command with one line,
 `error: <cause, with the path>`, and exit status 1; `--verbosity=1` shows
 the traceback instead.
+
+`--help` prints the command's usage, its own flags with their defaults and
+choices, and the packaged gin configs (`run`). The console shows the
+progress line, warnings, errors and results; TensorFlow's C++ output and
+absl's INFO lines go to a log file in the workdir (`quiet_console`,
+`log_to_workdir`); any `--verbosity` brings them back to the console.
 """
 import contextlib
+import logging as std_logging
 import os
 import re
 import sys
+import tempfile
+import textwrap
 import tokenize
 
 import gin
-from absl import flags, logging
+from absl import app, flags, logging
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "gin")
+from selfsup.cli import gin_files
+
+GIN_DIR = gin_files.gin_dir() or os.path.join(os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "gin")
 TRACEBACK_HINT = "(--verbosity=1 shows the traceback)"
 
 
@@ -24,8 +35,11 @@ class GinError(ValueError):
 
 
 def define_gin_flags():
-  flags.DEFINE_multi_string("gin_file", [], "gin files, applied in order.")
-  flags.DEFINE_multi_string("gin_param", [], "gin bindings, applied last.")
+  flags.DEFINE_multi_string(
+      "gin_file", [], "gin files, applied in order: a path, or the name of a "
+      "packaged config (e.g. rotation, arch/revnet50; listed below).")
+  flags.DEFINE_multi_string("gin_param", [], "gin bindings, applied last, "
+                            "e.g. 'TrainConfig.train_steps=100'.")
 
 
 def verbose():
@@ -41,10 +55,11 @@ def set_logging():
 def parse_gin(gin_files, gin_params):
   """Parses gin files and bindings; unknown or bad bindings fail here.
 
-  A relative gin file is looked up in the working directory, then in the
-  repository's gin/ folder (so `--gin_file=gin/jigsaw.gin` and
-  `--gin_file=jigsaw.gin` both work from anywhere in a checkout). Raises
-  GinError with one line naming the file and line of a syntax error.
+  A relative gin file is looked up in the working directory, then among the
+  packaged configs (`gin_files`: the installed package's, or the checkout's
+  gin/), so `--gin_file=gin/jigsaw.gin`, `--gin_file=jigsaw.gin` and
+  `--gin_file=jigsaw` work from any directory. Raises GinError with one line
+  naming the file and line of a syntax error, or the file that is nowhere.
   """
   gin.add_config_file_search_path(os.getcwd())
   gin.add_config_file_search_path(os.path.dirname(GIN_DIR))
@@ -65,12 +80,149 @@ def parse_gin(gin_files, gin_params):
 
 
 def _resolve(path):
-  if os.path.exists(path) or os.path.isabs(path):
-    return path
-  for base in (os.path.dirname(GIN_DIR), GIN_DIR):
-    candidate = os.path.join(base, path)
-    if os.path.exists(candidate):
-      return candidate
+  found = gin_files.resolve(path)
+  if found is None:
+    names = ", ".join(n[:-len(gin_files.SUFFIX)] for n in gin_files.list_files())
+    raise GinError(f"--gin_file={path}: no such file in {os.getcwd()}, nor a "
+                   f"packaged config (expected a path or one of: {names}).")
+  return found
+
+
+# -- --help -------------------------------------------------------------------
+
+
+def _flag_line(flag):
+  """`--name=DEFAULT` and its help, choices and repeatability, for one flag."""
+  multi = isinstance(flag.default, (list, tuple))
+  default = ",".join(map(str, flag.default)) if multi else flag.default
+  shown = f"--{flag.name}" + (f"={default}" if default not in (None, "")
+                              else "")
+  # absl decorates the help of enum and multi flags: said below instead.
+  text = re.sub(r"^<[^>]*>:\s*", "", flag.help or "")
+  text = re.sub(r";\s*repeat this option to specify a list of values$", "",
+                text)
+  choices = getattr(flag.parser, "enum_values", None)
+  if choices:
+    text += f" One of: {', '.join(choices)}."
+  if flag.default is None:
+    text += " (no default)"
+  if multi:
+    text += " Repeatable."
+  return _entry(shown, text)
+
+
+def _entry(shown, text):
+  body = textwrap.fill(text, width=78, initial_indent="      ",
+                       subsequent_indent="      ")
+  return f"  {shown}\n{body}"
+
+
+def help_text(doc, modules, gin_help=True):
+  """Usage (`doc`), the flags defined in `modules`, --verbosity, and the
+  packaged gin configs."""
+  lines = [textwrap.dedent(doc or "").strip(), "", "Flags:"]
+  seen = set()
+  for module in modules:
+    for flag in flags.FLAGS.get_flags_for_module(module):
+      if flag.name not in seen:
+        seen.add(flag.name)
+        lines.append(_flag_line(flag))
+  lines.append(_entry(
+      "--verbosity=-1|0|1",
+      "Console detail. Without it the console shows progress, warnings, "
+      "errors and results, and the rest (TensorFlow's C++ output, absl's "
+      "INFO lines) goes to the command's log file in the workdir; "
+      "--verbosity=0 shows everything here, 1 adds tracebacks."))
+  lines.append(_entry("--helpfull", "Every flag, absl's included."))
+  if gin_help:
+    lines += ["", gin_files.describe()]
+  return "\n".join(lines)
+
+
+def run(main, doc, modules, gin_help=True):
+  """`app.run(main)`, with `--help`/`-h`/`--helpshort` answered by
+  `help_text` on stdout and exit status 0."""
+  if any(a in ("--help", "-h", "-?", "--helpshort") for a in sys.argv[1:]):
+    print(help_text(doc, modules, gin_help))
+    sys.exit(0)
+  app.run(main)
+
+
+# -- Console and log file ------------------------------------------------------
+
+# INFO lines the console keeps (the rest goes to the log): (file, function).
+CONSOLE_INFO = {("trainer.py", "_report"), ("experiment.py", "run"),
+                ("trainer.py", "restore")}
+_STATE = {}
+
+
+class _ConsoleFilter(std_logging.Filter):
+
+  def filter(self, record):
+    if record.levelno >= std_logging.WARNING:
+      return True
+    return (os.path.basename(record.pathname), record.funcName) in CONSOLE_INFO
+
+
+class _ConsoleFormatter(std_logging.Formatter):
+
+  def format(self, record):
+    message = record.getMessage()
+    if record.levelno >= std_logging.ERROR:
+      return f"error: {message}"
+    if record.levelno >= std_logging.WARNING:
+      return f"warning: {message}"
+    return message
+
+
+def quiet_console():
+  """From now on the console (the original stderr) shows only errors,
+  warnings, progress and results; everything else written to file
+  descriptor 2 (TensorFlow's C++ logging) and absl's INFO lines wait in a
+  temporary file until `log_to_workdir` names the log. Call it right after
+  the flags are parsed and before TensorFlow is imported. Any --verbosity
+  keeps everything on the console, as before."""
+  if flags.FLAGS["verbosity"].present or "fd" in _STATE:
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  console = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8",
+                      errors="replace")
+  held = tempfile.TemporaryFile()  # pylint: disable=consider-using-with
+  os.dup2(held.fileno(), 2)
+  fd2 = open(2, "w", buffering=1, closefd=False, encoding="utf-8",  # pylint: disable=consider-using-with
+             errors="replace")
+  _STATE.update(fd=fd2, held=held, console=console)
+  sys.stderr = console  # error: lines, tracebacks, Python warnings
+  logging.get_absl_handler().python_handler.stream = fd2
+  handler = std_logging.StreamHandler(console)
+  handler.addFilter(_ConsoleFilter())
+  handler.setFormatter(_ConsoleFormatter())
+  std_logging.getLogger().addHandler(handler)
+
+
+def log_to_workdir(workdir, name):
+  """Sends what `quiet_console` holds back, and all that follows, to
+  `workdir/<name>.log` (appended); returns its path, or None when the
+  console keeps everything or the file cannot be written (then it stays
+  held, and is lost at exit)."""
+  if "fd" not in _STATE:
+    return None
+  path = os.path.join(workdir, f"{name}.log")
+  try:
+    log = open(path, "ab")  # pylint: disable=consider-using-with
+  except OSError:
+    return None
+  _STATE["fd"].flush()
+  held = _STATE.pop("held", None)
+  if held is not None:
+    held.seek(0)
+    log.write(held.read())
+    log.flush()
+    held.close()
+  os.dup2(log.fileno(), 2)
+  log.close()
+  _STATE["log"] = path
   return path
 
 

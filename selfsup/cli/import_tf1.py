@@ -1,6 +1,7 @@
-"""bin/import_tf1: the authors' TF1 checkpoints as a selfsup workdir.
+"""selfsup-import-tf1 (bin/import_tf1 in a checkout): the authors' TF1
+checkpoints as a selfsup workdir.
 
-    bin/import_tf1 --checkpoint=PATH --backbone=NAME --width=K \\
+    selfsup-import-tf1 --checkpoint=PATH --backbone=NAME --width=K \\
         [--task=rotation|exemplar|jigsaw|relative_patch_location] \\
         --workdir=DIR [--source=imagenet2012] [--data_dir=DIR]
 
@@ -9,16 +10,17 @@ TF-Hub module directory (the authors' released modules). The workdir gets an
 export (backbone.keras, SavedModel, info.json with the task's evaluation
 specs) and a config.gin naming the evaluation data, so that
 
-    bin/linear_eval --workdir=DIR
+    selfsup-linear-eval --workdir=DIR
 
-evaluates the authors' model with selfsup's protocol. Patch tasks (Jigsaw,
+evaluates the authors' model with selfsup's protocol, and
+selfsup.Representation.from_workdir(DIR) makes it a Keras layer. Patch tasks (Jigsaw,
 Relative Patch Location) use the patch variant of ResNets and RevNets, as the
 authors trained them. Bad input ends with one `error:` line.
 """
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from selfsup.cli import common
 
@@ -27,8 +29,11 @@ TASKS = ("rotation", "exemplar", "jigsaw", "relative_patch_location")
 PATCH_TASKS = ("jigsaw", "relative_patch_location")
 flags.DEFINE_string("checkpoint", None, "TF1 checkpoint prefix, a folder with "
                     "a 'checkpoint' file, or a TF-Hub module folder.")
-flags.DEFINE_string("backbone", None, "selfsup backbone name, e.g. revnet50 "
-                    "(see selfsup.models.list()).")
+flags.DEFINE_enum("backbone", None,
+                  ["resnet18_v1", "resnet18_v2", "resnet50_v1", "resnet50_v2",
+                   "resnet50_v2_minus", "revnet50", "revnet50_minus",
+                   "vgg19_bn"],
+                  "selfsup backbone name (selfsup.models.list()).")
 flags.DEFINE_float("width", None, "widening factor k of the checkpoint.")
 flags.DEFINE_enum("task", "rotation", TASKS, "the pretext task it was "
                   "trained on (picks the evaluation preprocessing).")
@@ -53,6 +58,7 @@ def main(argv):
     sys.exit(f"error: {', '.join(missing)} required (see --help).")
   show_traceback = common.verbose()
   common.set_logging()
+  common.quiet_console()
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
   import selfsup.models
@@ -73,6 +79,7 @@ def main(argv):
         FLAGS.checkpoint, FLAGS.backbone, width=_width(FLAGS.width),
         patch=patch_task and not vgg, **kwargs)
     tf.io.gfile.makedirs(workdir)
+    common.log_to_workdir(workdir, "import_tf1")
     out = export.write_export(
         backbone, workdir, task=FLAGS.task, backbone_name=FLAGS.backbone,
         image_size=size, patch_based=patch_task, step=0,
@@ -92,7 +99,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  common.run(main, __doc__, [__name__, common.__name__], gin_help=False)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
-"""bin/linear_eval: evaluate a pretrained representation.
+"""selfsup-linear-eval (bin/linear_eval in a checkout): evaluate a
+pretrained representation.
 
-    bin/linear_eval --workdir=DIR [--gin_file=gin/eval/lbfgs.gin]
+    selfsup-linear-eval --workdir=DIR [--gin_file=eval/lbfgs]
         [--gin_param="linear_eval.layers=('block3', 'pre_logits')"]
         [--data_dir=DIR]
+
+Evaluation configs: eval/lbfgs (the paper's L-BFGS logistic regression),
+eval/layerwise (block1..block4 and pre_logits), eval/sgd_linear, eval/mlp,
+eval/low_data_5|10, eval/official_val. Results go to DIR/results.json and
+the console; the full log to DIR/linear_eval.log.
 
 The workdir's own config.gin is read first, so the data source is the one it
 was pretrained on unless a gin file or binding changes `build_source`; its
@@ -13,13 +19,14 @@ and exit status 1 (`--verbosity=1` shows the traceback).
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from selfsup.cli import common
 
 FLAGS = flags.FLAGS
 common.define_gin_flags()
-flags.DEFINE_string("workdir", None, "A pretraining workdir (with export/).")
+flags.DEFINE_string("workdir", None, "A pretraining workdir (with export/; "
+                    "required).")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir, or the image folder "
                     "(default: the one the workdir was pretrained on).")
 
@@ -31,6 +38,7 @@ def main(argv):
     sys.exit("error: --workdir is required: the workdir bin/pretrain wrote.")
   show_traceback = common.verbose()
   common.set_logging()
+  common.quiet_console()
   # Registers the configurables before any gin file is parsed.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from selfsup.evaluation import protocol  # pylint: disable=g-import-not-at-top
@@ -43,11 +51,12 @@ def main(argv):
                "the end first.")
     files = [pretrain_config] if tf.io.gfile.exists(pretrain_config) else []
     common.parse_gin(files + list(FLAGS.gin_file), FLAGS.gin_param)
+    common.log_to_workdir(FLAGS.workdir, "linear_eval")
     protocol.linear_eval(FLAGS.workdir, data_dir=FLAGS.data_dir)
 
 
 def run():
-  app.run(main)
+  common.run(main, __doc__, [__name__, common.__name__])
 
 
 if __name__ == "__main__":

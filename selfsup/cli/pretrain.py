@@ -1,30 +1,41 @@
-"""bin/pretrain: self-supervised pretraining configured by gin.
+"""selfsup-pretrain (bin/pretrain in a checkout): self-supervised
+pretraining configured by gin.
 
-    bin/pretrain --gin_file=gin/jigsaw.gin --workdir=DIR [--data_dir=DIR]
-        [--gin_file=gin/arch/revnet50.gin] [--gin_param="build_task.width=8"]
+    selfsup-pretrain --gin_file=jigsaw --workdir=DIR [--data_dir=DIR]
+        [--gin_file=arch/revnet50] [--gin_param="build_task.width=8"]
         [--tpu=NAME] [--strategy=auto|tpu|multi_worker|mirrored|default]
 
-Bad settings and known failures end with one `error:` line and exit status
-1 (`--verbosity=1` shows the traceback). Re-running a finished workdir
-changes nothing.
+A task config (rotation, exemplar, jigsaw, relative_patch_location,
+supervised) first, then settings (demo: the offline digits, a few minutes on
+a laptop), architectures (arch/...) and widths (width/...). The workdir gets
+checkpoints, TensorBoard summaries, the export (export/: the backbone for
+selfsup-linear-eval and selfsup.Representation) and pretrain.log. Bad
+settings and known failures end with one `error:` line and exit status 1
+(`--verbosity=1` shows the traceback). Re-running a finished workdir changes
+nothing.
 """
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from selfsup.cli import common
 
 FLAGS = flags.FLAGS
 common.define_gin_flags()
-flags.DEFINE_string("workdir", None, "Checkpoints, summaries, export.")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir, or the image folder.")
+flags.DEFINE_string("workdir", None, "Where checkpoints, summaries, the "
+                    "export and pretrain.log go (required).")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir, or the image folder "
+                    "(default: the source's own).")
 flags.DEFINE_string("tpu", None, "TPU name or address ('local' on a TPU VM).")
-flags.DEFINE_string("strategy", "auto", "tf.distribute strategy kind.")
+flags.DEFINE_enum("strategy", "auto",
+                  ["auto", "tpu", "multi_worker", "mirrored", "default"],
+                  "tf.distribute strategy kind (auto: TPU if --tpu, else "
+                  "mirrored over the GPUs, else one device).")
 
 DEMO_HINT = ("To try selfsup without ImageNet, run the offline demo instead:\n"
              "  bin/demo\n"
              "or one task on the digits demo data:\n"
-             "  bin/pretrain --gin_file=gin/jigsaw.gin --gin_file=gin/demo.gin "
+             "  selfsup-pretrain --gin_file=jigsaw --gin_file=demo "
              "--workdir=/tmp/selfsup_demo")
 
 
@@ -33,9 +44,10 @@ def main(argv):
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if not FLAGS.gin_file:
     sys.exit("error: give at least one --gin_file, e.g. "
-             "--gin_file=gin/rotation.gin (see gin/).")
+             "--gin_file=rotation (--help lists the packaged configs).")
   show_traceback = common.verbose()
   common.set_logging()
+  common.quiet_console()
   # Imported after flag checks (TensorFlow is slow to import) and before gin
   # parsing (it registers the configurables).
   from selfsup.data.decode import DataNotFoundError  # pylint: disable=g-import-not-at-top
@@ -55,6 +67,10 @@ def main(argv):
                "and the exported backbone go).")
     trainer = experiment.prepare(FLAGS.workdir, data_dir=FLAGS.data_dir,
                                  tpu=FLAGS.tpu, strategy_kind=FLAGS.strategy)
+    if experiment.finished_results(trainer) is None:  # else nothing changes
+      log = common.log_to_workdir(FLAGS.workdir, "pretrain")
+      if log:
+        print(f"log: {log}", flush=True)
     results = experiment.run(trainer)
   if results.get("already_finished"):
     print(f"already finished: {FLAGS.workdir} holds {results.get('task')} "
@@ -72,7 +88,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  common.run(main, __doc__, [__name__, common.__name__])
 
 
 if __name__ == "__main__":
