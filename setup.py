@@ -85,8 +85,8 @@ setup(
             "selfsup-pretrain=selfsup.cli.pretrain:run",
             "selfsup-linear-eval=selfsup.cli.linear_eval:run",
             "selfsup-import-tf1=selfsup.cli.import_tf1:run",
-            "selfsup-study=selfsup.study.cli:run_study",
-            "selfsup-report=selfsup.study.cli:run_report",
+            "selfsup-study=selfsup.cli.study:run_study",
+            "selfsup-report=selfsup.cli.study:run_report",
         ],
     },
     classifiers=[

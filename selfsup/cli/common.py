@@ -104,7 +104,7 @@ def _flag_line(flag):
   choices = getattr(flag.parser, "enum_values", None)
   if choices:
     text += f" One of: {', '.join(choices)}."
-  if flag.default is None:
+  if flag.default is None and "default" not in text:
     text += " (no default)"
   if multi:
     text += " Repeatable."
@@ -117,9 +117,10 @@ def _entry(shown, text):
   return f"  {shown}\n{body}"
 
 
-def help_text(doc, modules, gin_help=True):
+def help_text(doc, modules, gin_help=True, log_file=True):
   """Usage (`doc`), the flags defined in `modules`, --verbosity, and the
-  packaged gin configs."""
+  packaged gin configs (`gin_help`). `log_file`: the command keeps INFO
+  lines in a log file (`quiet_console`)."""
   lines = [textwrap.dedent(doc or "").strip(), "", "Flags:"]
   seen = set()
   for module in modules:
@@ -132,18 +133,19 @@ def help_text(doc, modules, gin_help=True):
       "Console detail. Without it the console shows progress, warnings, "
       "errors and results, and the rest (TensorFlow's C++ output, absl's "
       "INFO lines) goes to the command's log file in the workdir; "
-      "--verbosity=0 shows everything here, 1 adds tracebacks."))
+      "--verbosity=0 shows everything here, 1 adds tracebacks."
+      if log_file else "Logging detail; 1 shows tracebacks."))
   lines.append(_entry("--helpfull", "Every flag, absl's included."))
   if gin_help:
     lines += ["", gin_files.describe()]
   return "\n".join(lines)
 
 
-def run(main, doc, modules, gin_help=True):
+def run(main, doc, modules, gin_help=True, log_file=True):
   """`app.run(main)`, with `--help`/`-h`/`--helpshort` answered by
   `help_text` on stdout and exit status 0."""
   if any(a in ("--help", "-h", "-?", "--helpshort") for a in sys.argv[1:]):
-    print(help_text(doc, modules, gin_help))
+    print(help_text(doc, modules, gin_help, log_file))
     sys.exit(0)
   app.run(main)
 

@@ -15,8 +15,11 @@ import re
 
 import gin
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "gin")
+from selfsup.cli import gin_files
+
+# The packaged configs (an installed wheel's selfsup/gin, a checkout's gin/).
+GIN_DIR = gin_files.gin_dir() or os.path.join(os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "gin")
 # Baselines are cells too: the random-init one exports the initialisation of
 # `random_init_task`'s model, the supervised one trains on labels.
 BASELINES = ("random_init", "supervised")
