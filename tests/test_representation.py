@@ -2,6 +2,7 @@
 one Keras layer, in Sequential and functional models, saved and loaded,
 frozen and fine-tuned; `import selfsup` registers the classes."""
 import os
+import re
 import subprocess
 import sys
 
@@ -265,3 +266,27 @@ def test_import_selfsup_is_enough_to_load(tmp_path, imports):
       capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().splitlines()[-1] == "Representation"
+
+
+def _python_blocks(path):
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_docs_transfer_runs_as_written(tmp_path, monkeypatch):
+  """docs/transfer.md's Python blocks, in order, on a tiny rotation export."""
+  workdir, _ = _workdir(tmp_path)
+  blocks = _python_blocks(os.path.join(ROOT, "docs", "transfer.md"))
+  assert len(blocks) >= 7  # setup, features, endpoints, probe, load, ...
+  monkeypatch.setenv("WORKDIR", workdir)
+  monkeypatch.chdir(tmp_path)
+  scope = {"__name__": "transfer_doc"}
+  for i, block in enumerate(blocks):
+    try:
+      exec(compile(block, f"docs/transfer.md block {i + 1}", "exec"), scope)  # pylint: disable=exec-used
+    except Exception as err:  # pylint: disable=broad-except
+      pytest.fail(f"docs/transfer.md block {i + 1} failed: {err!r}\n{block}")
+  assert os.path.exists(tmp_path / "probe.keras")
+  assert scope["features"].shape[0] == 8
+  assert not scope["adamw"].losses and scope["tuned"].losses
