@@ -66,7 +66,7 @@ def describe():
     groups.setdefault(folder, []).append(leaf[:-len(SUFFIX)])
   lines = textwrap.wrap(
       "Packaged gin configs (--gin_file=NAME, with or without .gin, from any "
-      f"directory; a path works too), in {gin_dir()}:", width=78)
+      "directory; a path works too), in", width=78) + [f"{gin_dir()}:"]
   for folder, leaves in groups.items():
     label = f"{folder}/" if folder else "main"
     lines += textwrap.wrap(", ".join(leaves), width=78,
