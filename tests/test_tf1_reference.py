@@ -58,7 +58,7 @@ def references(tmp_path_factory):
         stderr=subprocess.STDOUT))
   folders = {}
   for key, (out, log, proc) in procs.items():
-    code = proc.wait(timeout=900)
+    code = proc.wait(timeout=1500)
     log.close()
     if code:
       with open(log.name) as f:
