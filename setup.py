@@ -87,6 +87,7 @@ setup(
             "selfsup-import-tf1=selfsup.cli.import_tf1:run",
             "selfsup-study=selfsup.cli.study:run_study",
             "selfsup-report=selfsup.cli.study:run_report",
+            "selfsup-demo=selfsup.cli.demo:run",
         ],
     },
     classifiers=[

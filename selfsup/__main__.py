@@ -19,9 +19,8 @@ COMMANDS = (
      "a grid of pretrain + evaluate cells (the paper's tables and figures)"),
     ("selfsup-report", "bin/report",
      "tables and figures of a study's cells"),
-    ("", "bin/demo",
-     "the offline demo (pretraining against random init, every layer); "
-     "runs from a checkout"),
+    ("selfsup-demo", "bin/demo",
+     "the offline demo (pretraining against random init, every layer)"),
 )
 
 

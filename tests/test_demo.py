@@ -1,7 +1,5 @@
-"""bin/demo: the choice of data, the table, the verdict and demo.json; end to
+"""bin/demo (selfsup/cli/demo.py): the choice of data, the table, the verdict and demo.json; end to
 end on a tiny digits run (slow)."""
-import importlib.machinery
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,19 +7,11 @@ import sys
 
 import pytest
 
+from selfsup.cli import demo
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_demo():
-  path = os.path.join(REPO, "bin", "demo")
-  loader = importlib.machinery.SourceFileLoader("selfsup_bin_demo", path)
-  spec = importlib.util.spec_from_loader(loader.name, loader)
-  module = importlib.util.module_from_spec(spec)
-  loader.exec_module(module)
-  return module
-
-
-demo = _load_demo()
 
 
 def _record(pretrained, random):
