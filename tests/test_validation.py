@@ -14,7 +14,7 @@ from selfsup.cli import common
 from selfsup.evaluation import protocol
 from selfsup.train import TrainConfig, Trainer, TrainingDivergedError
 from selfsup.train import experiment
-from selfsup.train.checks import ConfigError
+from selfsup.core.checks import ConfigError
 from tests import training_runs as runs
 
 

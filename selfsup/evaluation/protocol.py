@@ -22,7 +22,7 @@ from absl import logging
 from selfsup import data as data_lib
 from selfsup.evaluation import extract, lbfgs, sgd
 from selfsup.evaluation import features as features_lib
-from selfsup.train import checks
+from selfsup.core import checks
 from selfsup.train import experiment
 from selfsup.train import export as export_lib
 

@@ -22,7 +22,7 @@ from absl import logging
 
 import selfsup.data
 import selfsup.tasks
-from selfsup.train import checks
+from selfsup.core import checks
 from selfsup.train import export as export_lib
 from selfsup.train.strategy import make_strategy
 from selfsup.train.trainer import TrainConfig, Trainer

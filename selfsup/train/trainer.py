@@ -18,7 +18,8 @@ import tensorflow as tf
 from absl import logging
 
 from selfsup import data as data_lib
-from selfsup.train import checks, checkpoints, export, precision
+from selfsup.core import checks
+from selfsup.train import checkpoints, export, precision
 from selfsup.train.schedules import WarmupStepDecay
 
 
