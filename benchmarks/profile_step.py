@@ -33,13 +33,12 @@ def main():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
   from selfsup import models  # pylint: disable=g-import-not-at-top
-  from selfsup.models import base  # pylint: disable=g-import-not-at-top
-  base.FUSED_BATCH_NORM = not args.nofused_bn
   if args.mixed_precision:
     keras.config.set_dtype_policy("mixed_bfloat16")
   width = int(args.width) if args.width.is_integer() else args.width
   model = models.get("resnet50_v1", width=width, num_classes=4,
-                     input_shape=(args.size, args.size, 3))
+                     input_shape=(args.size, args.size, 3),
+                     batch_norm="keras" if args.nofused_bn else "fused")
   optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
   images = tf.random.normal([args.batch, args.size, args.size, 3])
   labels = tf.zeros([args.batch], tf.int32)

@@ -97,6 +97,11 @@ def conv_dense_flops(model):
   return total
 
 
+def _batch_norm():
+  """The backbones' `batch_norm` constructor argument for --[no]fused_bn."""
+  return "fused" if _FUSED.value else "keras"
+
+
 def _result(impl, images_per_s, step_s, forward_flops, losses, extra=None):
   r = {"impl": impl, "size": _SIZE.value, "batch": _BATCH.value,
        "width": _WIDTH.value, "mixed_precision": _MIXED.value,
@@ -113,9 +118,7 @@ def _result(impl, images_per_s, step_s, forward_flops, losses, extra=None):
 def run_selfsup(images, labels):
   import tensorflow as tf
   from selfsup import models
-  from selfsup.models import base as models_base
   from selfsup.tasks.image_tasks import Rotation
-  models_base.FUSED_BATCH_NORM = _FUSED.value
   from selfsup.train import trainer as trainer_lib
 
   size, batch = _SIZE.value, _BATCH.value
@@ -139,7 +142,8 @@ def run_selfsup(images, labels):
 
   width = _WIDTH.value
   width = int(width) if float(width).is_integer() else width
-  task = Rotation(backbone="resnet50_v1", width=width, image_size=size)
+  task = Rotation(backbone="resnet50_v1", width=width, image_size=size,
+                  backbone_kwargs={"batch_norm": _batch_norm()})
   config = trainer_lib.TrainConfig(
       batch_size=sources, train_steps=10_000, base_lr=_LR_FLAG.value * 256 / sources,
       warmup_epochs=0, decay_epochs=(), momentum=0.9,
@@ -167,9 +171,7 @@ def run_task():
   import input_pipeline  # benchmarks/input_pipeline.py: photo-like JPEGs
   from selfsup import data
   from selfsup import tasks
-  from selfsup.models import base as models_base
   from selfsup.train import trainer as trainer_lib
-  models_base.FUSED_BATCH_NORM = _FUSED.value
   root = tempfile.mkdtemp(prefix="selfsup_task_step_")
   try:
     input_pipeline.write_jpegs(root, max(2 * _BATCH.value, 8))
@@ -178,7 +180,7 @@ def run_task():
     width = int(width) if float(width).is_integer() else width
     kwargs = {"num_classes": 10} if _TASK.value == "supervised" else {}
     task = tasks.get(_TASK.value, backbone="resnet50_v1", width=width,
-                     **kwargs)
+                     backbone_kwargs={"batch_norm": _batch_norm()}, **kwargs)
 
     class _OneBatchTrainer(trainer_lib.Trainer):
       def _make_input(self):

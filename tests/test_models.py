@@ -270,14 +270,13 @@ def test_weight_decay_is_collected():
 
 
 def test_bn_momentum_reaches_every_batch_norm_and_round_trips():
-  import keras  # pylint: disable=import-outside-toplevel
   model = selfsup.models.get("revnet50", width=TINY, bn_momentum=0.9)
-  norms = [l for l in model._flatten_layers()  # pylint: disable=protected-access
-           if isinstance(l, keras.layers.BatchNormalization)]
+  norms = _norms(model)
   assert len(norms) == 3 * 16 + 1  # 3 per reversible unit + the final one
   assert all(l.momentum == 0.9 for l in norms)
-  assert type(model).from_config(model.get_config()).get_config()[
-      "bn_momentum"] == 0.9
+  copy = type(model).from_config(model.get_config())
+  assert copy.get_config()["bn_momentum"] == 0.9
+  assert all(l.momentum == 0.9 for l in _norms(copy))
   with pytest.raises(ValueError, match="bn_momentum=1.5"):
     selfsup.models.get("resnet50_v2", width=TINY, bn_momentum=1.5)
 
@@ -325,7 +324,7 @@ def test_fused_batch_norm_matches_keras_in_training(shape):
   """Output, input/scale/offset gradients and moving statistics (biased
   variance, as Keras averages) agree with keras.layers.BatchNormalization."""
   import keras  # pylint: disable=import-outside-toplevel
-  from selfsup.models.base import BatchNormalization  # pylint: disable=g-import-not-at-top
+  from selfsup.models.norm import BatchNormalization  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   x = tf.constant(rng.normal(2.0, 3.0, shape).astype(np.float32))
   upstream = tf.constant(rng.normal(size=shape).astype(np.float32))
@@ -352,26 +351,40 @@ def test_fused_batch_norm_matches_keras_in_training(shape):
   assert not np.allclose(np.asarray(results[1][-2]), 0.0)
 
 
-def test_fused_batch_norm_is_used_by_default_and_falls_back_in_inference():
+def _norms(model):
   import keras  # pylint: disable=import-outside-toplevel
-  from selfsup.models import base  # pylint: disable=g-import-not-at-top
-  model = selfsup.models.get("resnet18_v2", width=TINY)
-  norms = [l for l in model._flatten_layers()  # pylint: disable=protected-access
-           if "BatchNormalization" in type(l).__name__]
-  assert norms and all(isinstance(l, base.BatchNormalization) for l in norms)
+  return [l for l in model._flatten_layers()  # pylint: disable=protected-access
+          if isinstance(l, keras.layers.BatchNormalization)]
+
+
+@pytest.mark.parametrize("name", ["resnet18_v2", "revnet50"])
+def test_fused_batch_norm_is_used_by_default_and_falls_back_in_inference(
+    name):
+  """Every batch norm (RevNet's units included) is the fused layer unless
+  `batch_norm="keras"`; in inference both compute the same; the kind is in
+  the config; sync_batch_norm gives Keras' synchronised layer."""
+  from selfsup.models import norm  # pylint: disable=g-import-not-at-top
+  model = selfsup.models.get(name, width=TINY)
+  assert model.get_config()["batch_norm"] == "fused"
+  norms = _norms(model)
+  assert norms and all(isinstance(l, norm.BatchNormalization) for l in norms)
   images = _images(2, 32)
   model(images, training=True)  # moves the statistics away from 0 / 1
-  try:
-    base.FUSED_BATCH_NORM = False
-    plain = selfsup.models.get("resnet18_v2", width=TINY)
-  finally:
-    base.FUSED_BATCH_NORM = True
-  assert not any(isinstance(l, base.BatchNormalization)
-                 for l in plain._flatten_layers())  # pylint: disable=protected-access
+  plain = selfsup.models.get(name, width=TINY, batch_norm="keras")
+  assert len(_norms(plain)) == len(norms)
+  assert not any(isinstance(l, norm.BatchNormalization) for l in _norms(plain))
+  config = plain.get_config()
+  assert config["batch_norm"] == "keras"
+  assert not any(isinstance(l, norm.BatchNormalization)
+                 for l in _norms(type(plain).from_config(config)))
   plain.set_weights(model.get_weights())
   for key, value in model(images, training=False).items():
     np.testing.assert_allclose(plain(images, training=False)[key], value,
                                rtol=1e-5, atol=1e-5, err_msg=key)
-  sync = selfsup.models.get("resnet18_v2", width=TINY, sync_batch_norm=True)
-  assert all(l.synchronized for l in sync._flatten_layers()  # pylint: disable=protected-access
-             if isinstance(l, keras.layers.BatchNormalization))
+  sync = selfsup.models.get(name, width=TINY, sync_batch_norm=True)
+  assert all(l.synchronized for l in _norms(sync))
+
+
+def test_batch_norm_kind_is_checked():
+  with pytest.raises(ValueError, match=r"batch_norm='cudnn'.*'fused', 'keras'"):
+    selfsup.models.get("resnet18_v1", width=TINY, batch_norm="cudnn")

@@ -10,11 +10,9 @@ import numbers
 
 import keras
 
-# Backbones are built with the fused batch norm below (same variables and
-# arithmetic as Keras', to float rounding; 1.6-2x faster training steps on
-# CPU, docs/performance.md). Set to False before building a backbone to get
-# Keras' own layer (benchmarks/train_step.py --nofused_bn measures both).
-FUSED_BATCH_NORM = True
+from selfsup.models import norm
+# The fused layer lives with the rest of batch norm (norm.py); this name stays.
+from selfsup.models.norm import BatchNormalization  # pylint: disable=unused-import
 
 ENDPOINTS = ("after_root", "block1", "block2", "block3", "block4",
              "pre_logits", "logits")
@@ -109,7 +107,8 @@ def check_initializer(kernel_initializer):
 def check_common(*, width, patch, representation_size, num_classes,
                  weight_decay, sync_batch_norm, input_shape, min_size,
                  kernel_initializer=DEFAULT_KERNEL_INITIALIZER,
-                 need_static=False):
+                 batch_norm=norm.DEFAULT_KIND,
+                 bn_momentum=norm.DEFAULT_MOMENTUM, need_static=False):
   """Checks the arguments every backbone takes; returns them as config."""
   return dict(
       width=width, patch=bool(patch),
@@ -119,24 +118,32 @@ def check_common(*, width, patch, representation_size, num_classes,
       num_classes=check_optional_positive_int("num_classes", num_classes),
       weight_decay=weight_decay, sync_batch_norm=bool(sync_batch_norm),
       input_shape=tuple(check_input_shape(input_shape, min_size=min_size,
-                                          need_static=need_static)))
+                                          need_static=need_static)),
+      batch_norm=norm.check_kind(batch_norm),
+      bn_momentum=norm.check_momentum(bn_momentum))
 
 
 class Layers:
-  """Makes the trunk's layers with one weight decay and one batch-norm kind.
+  """Makes the trunk's layers with one weight decay and one batch norm.
 
   Args:
     weight_decay: L2 decay on every kernel (see `l2`).
     sync_batch_norm: synchronise batch statistics across replicas, so that the
       moving statistics agree on every replica after training.
     kernel_initializer: initializer of every convolution kernel.
+    batch_norm: "fused" or "keras" (see `selfsup.models.norm`).
+    bn_momentum: momentum of every batch norm's moving statistics.
   """
 
   def __init__(self, weight_decay, sync_batch_norm=False,
-               kernel_initializer=DEFAULT_KERNEL_INITIALIZER):
+               kernel_initializer=DEFAULT_KERNEL_INITIALIZER,
+               batch_norm=norm.DEFAULT_KIND,
+               bn_momentum=norm.DEFAULT_MOMENTUM):
     self.weight_decay = weight_decay
     self.sync_batch_norm = sync_batch_norm
     self.kernel_initializer = kernel_initializer
+    self.batch_norm = batch_norm
+    self.bn_momentum = bn_momentum
 
   def conv(self, x, filters, kernel_size, *, name, strides=1, use_bias=False):
     """Convolution with the authors' fixed padding for strided layers.
@@ -159,63 +166,11 @@ class Layers:
         kernel_regularizer=l2(self.weight_decay), name=name)(x)
 
   def bn(self, x, name):
-    if FUSED_BATCH_NORM and not self.sync_batch_norm:
-      return BatchNormalization(name=name)(x)
-    return keras.layers.BatchNormalization(
-        synchronized=self.sync_batch_norm, name=name)(x)
+    return norm.make(name, kind=self.batch_norm, momentum=self.bn_momentum,
+                     synchronized=self.sync_batch_norm)(x)
 
   def bn_relu(self, x, name):
     return keras.layers.ReLU(name=f"{name}_relu")(self.bn(x, name))
-
-
-@keras.saving.register_keras_serializable(package="selfsup")
-class BatchNormalization(keras.layers.BatchNormalization):
-  """Keras' batch norm computed by TensorFlow's fused kernel where it can be.
-
-  In training, same variables, same arithmetic (biased batch variance for
-  normalisation and for the moving average, Keras' momentum update), but one
-  FusedBatchNormV3 op forward and one backward (oneDNN on CPU, cuDNN on GPU)
-  instead of Keras' moments + normalise graph, and no float32 round trip of
-  bfloat16 activations under `mixed_bfloat16`. Falls back to Keras' code for
-  inference, other backends, masks, renorm, synchronised statistics and
-  non-4D inputs.
-  benchmarks/train_step.py measures the difference (docs/performance.md).
-  """
-
-  def _fusable(self, inputs, mask):
-    return (keras.backend.backend() == "tensorflow" and mask is None
-            and not self.renorm and not self.synchronized
-            and len(inputs.shape) == 4
-            and self.axis in (-1, 3)
-            and inputs.dtype in ("float32", "bfloat16", "float16"))
-
-  def call(self, inputs, training=None, mask=None):
-    # Inference keeps Keras' arithmetic, so that exported models and served
-    # SavedModels compute exactly what they did.
-    if not (training and self.trainable and self._fusable(inputs, mask)):
-      return super().call(inputs, training=training, mask=mask)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    channels = inputs.shape[-1]
-    gamma = (tf.cast(self.gamma, tf.float32) if self.scale
-             else tf.ones([channels], tf.float32))
-    beta = (tf.cast(self.beta, tf.float32) if self.center
-            else tf.zeros([channels], tf.float32))
-    y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-        x=inputs, scale=gamma, offset=beta,
-        mean=tf.constant([], tf.float32), variance=tf.constant([],
-                                                               tf.float32),
-        epsilon=self.epsilon, data_format="NHWC", is_training=True)
-    # The kernel returns the unbiased variance; Keras averages the biased.
-    shape = tf.shape(inputs)
-    n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
-    variance = variance * ((n - 1.0) / tf.maximum(n, 1.0))
-    momentum = self.momentum
-    self.moving_mean.assign(tf.cast(self.moving_mean, tf.float32) * momentum
-                            + mean * (1.0 - momentum))
-    self.moving_variance.assign(
-        tf.cast(self.moving_variance, tf.float32) * momentum
-        + variance * (1.0 - momentum))
-    return tf.cast(y, self.compute_dtype)
 
 
 def max_pool(x, *, pool_size, strides, name):

@@ -13,7 +13,7 @@ pre-logits; `skip_connections=False` removes every shortcut for the ablation.
 """
 import keras
 
-from selfsup.models import base, norm
+from selfsup.models import base
 
 _UNITS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
 # Output channels of block1 as a multiple of the root's 16k.
@@ -83,14 +83,18 @@ class ResNet(base.Backbone):
     input_shape: (H, W, C); H and W may be None.
     kernel_initializer: of every convolution ("glorot_uniform", tf.layers'
       default, as the authors' code; "he_normal" as He et al.).
+    batch_norm: "fused" (TensorFlow's fused kernel in training, the default)
+      or "keras" (keras.layers.BatchNormalization); see
+      `selfsup.models.norm`.
+    bn_momentum: momentum of every batch norm's moving statistics.
   """
 
   def __init__(self, depth=50, version="v2", width=4, last_relu=True,
                skip_connections=True, patch=False, representation_size=None,
                num_classes=None, weight_decay=1e-4, sync_batch_norm=False,
                input_shape=(None, None, 3), bn_momentum=0.99,
-               kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER, name=None,
-               **kwargs):
+               kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER,
+               batch_norm="fused", name=None, **kwargs):
     base.check_choice("depth", depth, tuple(_UNITS))
     base.check_choice("version", version, ("v1", "v2"))
     root_channels = base.check_width(width)
@@ -105,10 +109,11 @@ class ResNet(base.Backbone):
                       num_classes=num_classes, weight_decay=weight_decay,
                       sync_batch_norm=sync_batch_norm,
                       input_shape=input_shape, min_size=8,
-                      kernel_initializer=kernel_initializer))
-    config["bn_momentum"] = norm.check_momentum(bn_momentum)
+                      kernel_initializer=kernel_initializer,
+                      batch_norm=batch_norm, bn_momentum=bn_momentum))
 
-    layers = base.Layers(weight_decay, sync_batch_norm, kernel_initializer)
+    layers = base.Layers(weight_decay, sync_batch_norm, kernel_initializer,
+                         config["batch_norm"], config["bn_momentum"])
     inputs = keras.Input(shape=config["input_shape"], name="image")
     x = layers.conv(inputs, root_channels, 7, strides=1 if patch else 2,
                     name="root_conv")
@@ -136,4 +141,3 @@ class ResNet(base.Backbone):
                   num_classes=config["num_classes"], weight_decay=weight_decay)
     self._init_functional(inputs, endpoints, config, name or
                           f"resnet{depth}_{version}", **kwargs)
-    norm.set_momentum(self, config["bn_momentum"])

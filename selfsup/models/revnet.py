@@ -23,14 +23,22 @@ _UNITS = (3, 4, 6, 3)
 
 @keras.saving.register_keras_serializable(package="selfsup")
 class RevUnit(keras.layers.Layer):
-  """Reversible unit y = concat(x2, x1 + F(x2)) with an exact `inverse`."""
+  """Reversible unit y = concat(x2, x1 + F(x2)) with an exact `inverse`.
+
+  Its three batch norms are of kind `batch_norm` ("fused" or "keras") with
+  momentum `bn_momentum`, as the backbone's others (`selfsup.models.norm`).
+  """
 
   def __init__(self, weight_decay=1e-4, sync_batch_norm=False,
-               kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER, **kwargs):
+               kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER,
+               batch_norm=norm.DEFAULT_KIND,
+               bn_momentum=norm.DEFAULT_MOMENTUM, **kwargs):
     super().__init__(**kwargs)
     self.weight_decay = weight_decay
     self.sync_batch_norm = sync_batch_norm
     self.kernel_initializer = kernel_initializer
+    self.batch_norm = norm.check_kind(batch_norm)
+    self.bn_momentum = norm.check_momentum(bn_momentum)
 
   def build(self, input_shape):
     channels = input_shape[-1]
@@ -41,8 +49,8 @@ class RevUnit(keras.layers.Layer):
     reg = base.l2(self.weight_decay)
 
     def bn(name):
-      return keras.layers.BatchNormalization(
-          synchronized=self.sync_batch_norm, name=name)
+      return norm.make(name, kind=self.batch_norm, momentum=self.bn_momentum,
+                       synchronized=self.sync_batch_norm)
 
     def conv(filters, size, name):
       return keras.layers.Conv2D(filters, size, padding="same", use_bias=False,
@@ -53,18 +61,18 @@ class RevUnit(keras.layers.Layer):
     self.bn2, self.conv2 = bn("bn2"), conv(inner, 3, "conv2")
     self.bn3, self.conv3 = bn("bn3"), conv(half, 1, "conv3")
     shape = tuple(input_shape[:-1])
-    for norm, cv, c_in in ((self.bn1, self.conv1, half),
-                           (self.bn2, self.conv2, inner),
-                           (self.bn3, self.conv3, inner)):
-      norm.build(shape + (c_in,))
+    for bn_layer, cv, c_in in ((self.bn1, self.conv1, half),
+                               (self.bn2, self.conv2, inner),
+                               (self.bn3, self.conv3, inner)):
+      bn_layer.build(shape + (c_in,))
       cv.build(shape + (c_in,))
     super().build(input_shape)
 
   def residual(self, x, training=None):
     """F: pre-activation bottleneck on half of the channels."""
-    for norm, cv in ((self.bn1, self.conv1), (self.bn2, self.conv2),
-                     (self.bn3, self.conv3)):
-      x = cv(ops.relu(norm(x, training=training)))
+    for bn_layer, cv in ((self.bn1, self.conv1), (self.bn2, self.conv2),
+                         (self.bn3, self.conv3)):
+      x = cv(ops.relu(bn_layer(x, training=training)))
     return x
 
   def call(self, x, training=None):
@@ -84,7 +92,8 @@ class RevUnit(keras.layers.Layer):
   def get_config(self):
     return {**super().get_config(), "weight_decay": self.weight_decay,
             "sync_batch_norm": self.sync_batch_norm,
-            "kernel_initializer": self.kernel_initializer}
+            "kernel_initializer": self.kernel_initializer,
+            "batch_norm": self.batch_norm, "bn_momentum": self.bn_momentum}
 
 
 @keras.saving.register_keras_serializable(package="selfsup")
@@ -104,7 +113,8 @@ class RevNet(base.Backbone):
   """RevNet50 backbone; outputs a dict of named endpoints.
 
   Args: as `selfsup.models.resnet.ResNet` (no depth, version or
-  skip_connections: the unit is fixed). `last_relu=False` is the paper's
+  skip_connections: the unit is fixed); `batch_norm` and `bn_momentum` reach
+  the reversible units' batch norms too. `last_relu=False` is the paper's
   "RevNet50 (-)". `width` must make 16k even (channels split in halves).
   """
 
@@ -112,18 +122,21 @@ class RevNet(base.Backbone):
                representation_size=None, num_classes=None, weight_decay=1e-4,
                sync_batch_norm=False, input_shape=(None, None, 3),
                bn_momentum=0.99,
-               kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER, name=None,
-               **kwargs):
+               kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER,
+               batch_norm="fused", name=None, **kwargs):
     root_channels = base.check_width(width, multiple_of=2)
     config = dict(last_relu=bool(last_relu), **base.check_common(
         width=width, patch=patch, representation_size=representation_size,
         num_classes=num_classes, weight_decay=weight_decay,
         sync_batch_norm=sync_batch_norm, input_shape=input_shape,
-        min_size=8, kernel_initializer=kernel_initializer))
-    config["bn_momentum"] = norm.check_momentum(bn_momentum)
+        min_size=8, kernel_initializer=kernel_initializer,
+        batch_norm=batch_norm, bn_momentum=bn_momentum))
+    bn_args = dict(sync_batch_norm=sync_batch_norm,
+                   kernel_initializer=kernel_initializer,
+                   batch_norm=config["batch_norm"],
+                   bn_momentum=config["bn_momentum"])
 
-    layers = base.Layers(weight_decay=None, sync_batch_norm=sync_batch_norm,
-                         kernel_initializer=kernel_initializer)
+    layers = base.Layers(weight_decay=None, **bn_args)
     inputs = keras.Input(shape=config["input_shape"], name="image")
     x = layers.conv(inputs, 4 * root_channels, 7, strides=1 if patch else 2,
                     name="root_conv")
@@ -142,8 +155,7 @@ class RevNet(base.Backbone):
         x = ChannelPad(name=f"transition{b}_pad")(x)
       names = [f"block{b}_unit{u + 1}" for u in range(units)]
       for unit_name in names:
-        x = RevUnit(weight_decay, sync_batch_norm, kernel_initializer,
-                    name=unit_name)(x)
+        x = RevUnit(weight_decay, name=unit_name, **bn_args)(x)
       unit_names.append(names)
       endpoints[f"block{b}"] = x
 
@@ -155,7 +167,6 @@ class RevNet(base.Backbone):
                   num_classes=config["num_classes"], weight_decay=weight_decay)
     self._init_functional(inputs, endpoints, config, name or "revnet50",
                           **kwargs)
-    norm.set_momentum(self, config["bn_momentum"])
     self._unit_names = unit_names
 
   def block_units(self, block):

@@ -16,7 +16,7 @@ same VGG on 64x64 patches, so `patch=True` is accepted and changes nothing.
 """
 import keras
 
-from selfsup.models import base, norm
+from selfsup.models import base
 
 _CONVS = (2, 2, 4, 4, 4)
 _MULTIPLIERS = (1, 2, 4, 8, 8)
@@ -34,17 +34,18 @@ class VGG(base.Backbone):
   def __init__(self, width=8, patch=False, representation_size=None,
                num_classes=None, weight_decay=1e-4, sync_batch_norm=False,
                input_shape=(224, 224, 3), bn_momentum=0.99,
-               kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER, name=None,
-               **kwargs):
+               kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER,
+               batch_norm="fused", name=None, **kwargs):
     base_channels = base.check_width(width, multiple_of=2) // 2
     config = base.check_common(
         width=width, patch=patch, representation_size=representation_size,
         num_classes=num_classes, weight_decay=weight_decay,
         sync_batch_norm=sync_batch_norm, input_shape=input_shape,
-        min_size=32, need_static=True, kernel_initializer=kernel_initializer)
-    config["bn_momentum"] = norm.check_momentum(bn_momentum)
+        min_size=32, need_static=True, kernel_initializer=kernel_initializer,
+        batch_norm=batch_norm, bn_momentum=bn_momentum)
 
-    layers = base.Layers(weight_decay, sync_batch_norm, kernel_initializer)
+    layers = base.Layers(weight_decay, sync_batch_norm, kernel_initializer,
+                         config["batch_norm"], config["bn_momentum"])
     inputs = keras.Input(shape=config["input_shape"], name="image")
     x = inputs
     endpoints = {}
@@ -74,4 +75,3 @@ class VGG(base.Backbone):
                   pool=False)
     self._init_functional(inputs, endpoints, config, name or "vgg19_bn",
                           **kwargs)
-    norm.set_momentum(self, config["bn_momentum"])
