@@ -12,6 +12,8 @@ def count_trainable(model):
 
 def check_config_round_trip(model):
   config = model.get_config()
+  # Batch norm is set by constructor arguments, kept in the config.
+  assert {"batch_norm", "bn_momentum"} <= set(config)
   clone = type(model).from_config(config)
   assert clone.get_config() == config
   assert count_trainable(clone) == count_trainable(model)

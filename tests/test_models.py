@@ -9,8 +9,9 @@ import tensorflow as tf
 import selfsup
 from tests import backbone_checks as checks
 
-ALL = ("resnet18_v1", "resnet18_v2", "resnet50_v1", "resnet50_v2",
-       "resnet50_v2_minus", "revnet50", "revnet50_minus", "vgg19_bn")
+# Every registered backbone: a new one is tested for free, and must be added
+# to PINNED_K4 (test_every_backbone_has_a_pinned_count).
+ALL = tuple(selfsup.models.BACKBONES.names())
 TINY = 0.25  # 4 root channels: every check runs in a second or two.
 
 
@@ -43,8 +44,11 @@ def expected_shapes(name, width, size, patch):
   return shapes
 
 
-def test_list_names_every_architecture():
-  assert set(selfsup.models.list()) == set(ALL)
+def test_names_and_deprecated_list():
+  assert selfsup.models.names() == sorted(ALL) == list(selfsup.models.BACKBONES)
+  assert "revnet50" in selfsup.models.BACKBONES
+  with pytest.warns(DeprecationWarning, match=r"selfsup\.models\.names\(\)"):
+    assert selfsup.models.list() == selfsup.models.names()  # pylint: disable=no-member
 
 
 @pytest.mark.parametrize("patch", [False, True], ids=["standard", "patch"])
@@ -141,6 +145,11 @@ PINNED_K4 = {
     "resnet18_v1": 11_689_512,  # also torchvision's resnet18
     "resnet18_v2": 11_687_720,
 }
+
+
+def test_every_backbone_has_a_pinned_count():
+  assert set(PINNED_K4) == set(ALL), (
+      "PINNED_K4 must pin every registered backbone")
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -241,6 +250,8 @@ def test_no_skip_connections_switch():
     (dict(name="resnet50_v2", input_shape=(3, 224, 224)), "(3, 224, 224)"),
     (dict(name="vgg19_bn", input_shape=(None, None, 3)), "(None, None, 3)"),
     (dict(name="resnet50_v1", version="v2"), "version"),
+    (dict(name="revnet50", last_relu=False), "last_relu=True"),
+    (dict(name="resnet50_v2", batch_norm="cudnn"), "batch_norm='cudnn'"),
     (dict(name="resnet50_v1", dropout=0.5), "dropout"),
     (dict(name="resnet50_v2", num_classes=0), "num_classes=0"),
 ])

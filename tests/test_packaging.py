@@ -200,4 +200,4 @@ def test_import_tf1_backbone_choices_are_the_registry():
   import selfsup.models  # pylint: disable=import-outside-toplevel
   from selfsup.cli import import_tf1  # pylint: disable=import-outside-toplevel
   flag = import_tf1.FLAGS["backbone"]
-  assert sorted(flag.parser.enum_values) == selfsup.models.list()
+  assert sorted(flag.parser.enum_values) == selfsup.models.names()

@@ -43,10 +43,10 @@ class _Embeddings:
 
 
 def test_registry_lists_the_five_tasks():
-  assert selfsup.tasks.list() == ["exemplar", "jigsaw",
-                                  "relative_patch_location", "rotation",
-                                  "supervised"]
-  for name in selfsup.tasks.list():
+  assert selfsup.tasks.names() == ["exemplar", "jigsaw",
+                                   "relative_patch_location", "rotation",
+                                   "supervised"]
+  for name in selfsup.tasks.TASKS:
     assert selfsup.tasks.get(name).name == name
 
 

@@ -29,13 +29,13 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-TASKS = ("rotation", "supervised", "exemplar", "jigsaw",
-         "relative_patch_location")
 IMAGE_SIZE = 16
 # Patch tasks: dropout 0, because dropout masks are drawn per replica and
 # would make a mirrored run differ from a single-device one by design.
 PATCH_KWARGS = dict(image_size=4, embedding_size=16, hidden_size=16,
                     dropout=0.0, spec_kwargs=dict(crop=15))
+# Every registered task (`selfsup.tasks.TASKS`) needs its tiny arguments here:
+# `TASKS` refuses a registry with a task missing from this dict.
 TASK_KWARGS = {
     "rotation": dict(image_size=IMAGE_SIZE),
     "supervised": dict(image_size=IMAGE_SIZE, num_classes=10),
@@ -56,13 +56,45 @@ FIXED_STEPS = {"exemplar": 24, "jigsaw": 24}
 # Seed of weights and input; SELFSUP_TEST_SEED=1 re-runs the distributed
 # tests on other initial weights (the properties they check hold for any).
 SEED = int(os.environ.get("SELFSUP_TEST_SEED", "0"))
-COMPARE_PARTS = {"a": TASKS[:3], "b": TASKS[3:]}
 # One image of each digit: a fixed batch, so every step sees the same images.
 FIXED_FRACTION = 0.01
 FIXED_BATCH = 10
 # The kill-and-resume configuration (the `train` mode and test_trainer.py).
 RESUME_STEPS = 60
 RESUME_CHECKPOINT_STEPS = 5
+
+
+def task_names():
+  """The registered tasks (`selfsup.tasks.TASKS`), each with `TASK_KWARGS`."""
+  import selfsup.tasks
+  names = tuple(selfsup.tasks.TASKS.names())
+  missing = sorted(set(names) - set(TASK_KWARGS))
+  stale = sorted(set(TASK_KWARGS) - set(names))
+  if missing or stale:
+    raise AssertionError(
+        f"tests/training_runs.py TASK_KWARGS must name every registered task "
+        f"{list(names)}: missing {missing}, not registered {stale}.")
+  return names
+
+
+def compare_parts():
+  """The `compare` runs split in two processes: image and patch tasks."""
+  import selfsup.tasks
+  patch = {n: selfsup.tasks.TASKS.lookup(n)[0].patch_based
+           for n in task_names()}
+  return {"a": tuple(n for n in patch if not patch[n]),
+          "b": tuple(n for n in patch if patch[n])}
+
+
+def __getattr__(name):
+  # `TASKS` and `COMPARE_PARTS` read the registry when first asked for, not
+  # at import: run as a script, this file imports selfsup only after the
+  # logical devices are set.
+  if name == "TASKS":
+    return task_names()
+  if name == "COMPARE_PARTS":
+    return compare_parts()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_task(name, **overrides):
@@ -206,7 +238,7 @@ def compare(out, part):
   results = {"strategy": type(mirrored).__name__,
              "replicas": mirrored.num_replicas_in_sync}
   tic = time.time()
-  for name in COMPARE_PARTS[part]:
+  for name in compare_parts()[part]:
     for kind, strategy in (("default", default), ("mirrored", mirrored)):
       workdir = os.path.join(out, name, kind)
       trainer = _trainer(name, strategy, workdir)

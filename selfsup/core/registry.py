@@ -1,7 +1,8 @@
 """One registry type for every kind of named builder in selfsup.
 
-Backbones (`selfsup.models`), data sources (`selfsup.data`), preprocessing
-ops (`selfsup.preprocess`) and tasks (`selfsup.tasks`) are each a `Registry`:
+Backbones (`selfsup.models.BACKBONES`), data sources (`selfsup.data.SOURCES`),
+preprocessing ops (`selfsup.preprocess.OPS`) and tasks (`selfsup.tasks.TASKS`)
+are each a `Registry`:
 
     BACKBONES = Registry("backbone")
     BACKBONES.register("resnet50_v1", ResNet, depth=50, version=1)
@@ -15,8 +16,10 @@ caller may not override (the architecture arguments of a named backbone);
 `lookup(name)` returns the builder and its fixed arguments without calling
 it, for registries whose callers build in their own way (preprocessing ops).
 """
+import difflib
 import inspect
 from typing import Any, Callable, Dict, Iterator, List, Tuple
+import warnings
 
 
 class Registry:
@@ -26,12 +29,16 @@ class Registry:
     """`kind` names the entries in error messages ("backbone", "task").
 
     With `check_arguments`, `get` refuses keyword arguments the builder does
-    not accept (or that the name fixes) with a message listing those it
-    accepts, instead of letting the builder raise a bare TypeError.
+    not name in its signature (even if it takes **kwargs) with a message
+    listing those it accepts, instead of letting the builder raise a bare
+    TypeError. Arguments the name fixes are refused either way.
     """
     self.kind = kind
     self._check_arguments = check_arguments
     self._entries: Dict[str, Tuple[Callable, Dict[str, Any]]] = {}
+
+  def __repr__(self):
+    return f"Registry({self.kind!r}: {', '.join(self.names())})"
 
   def register(self, name: str, builder: Callable = None, **fixed):
     """Registers `builder` (with `fixed` kwargs) as `name`.
@@ -40,13 +47,18 @@ class Registry:
     function or class and returns it unchanged.
 
     Raises:
-      ValueError: `name` is not a string or is already registered.
+      ValueError: `name` is not a string, is already registered, or
+        `builder` is not callable.
     """
     if not isinstance(name, str) or not name:
       raise ValueError(f"A {self.kind} name must be a non-empty string, got "
                        f"{name!r}.")
 
     def add(fn):
+      if not callable(fn):
+        raise ValueError(f"{self.kind.capitalize()} {name!r}: the builder "
+                         f"must be callable (a class or function), got "
+                         f"{fn!r}.")
       if name in self._entries:
         old = self._entries[name][0]
         raise ValueError(
@@ -71,16 +83,27 @@ class Registry:
   def __len__(self) -> int:
     return len(self._entries)
 
+  def unknown(self, name) -> ValueError:
+    """The error for an unknown `name`: the choices, and a close match."""
+    close = (difflib.get_close_matches(name, self.names(), n=1)
+             if isinstance(name, str) else [])
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ValueError(f"Unknown {self.kind} {name!r}: expected one of "
+                      f"{self.names()}.{hint}")
+
   def lookup(self, name: str) -> Tuple[Callable, Dict[str, Any]]:
     """(builder, fixed kwargs) of `name`; ValueError listing the choices."""
-    if name not in self._entries:
-      raise ValueError(f"Unknown {self.kind} {name!r}: expected one of "
-                       f"{self.names()}.")
+    if not isinstance(name, str) or name not in self._entries:
+      raise self.unknown(name)
     builder, fixed = self._entries[name]
     return builder, dict(fixed)
 
   def accepted(self, name: str) -> List[str]:
-    """Keyword arguments `get(name, ...)` takes (fixed ones excluded)."""
+    """Keyword arguments `get(name, ...)` takes (fixed ones excluded).
+
+    Those the builder's signature names; not what it may take through
+    **kwargs.
+    """
     builder, fixed = self.lookup(name)
     target = builder.__init__ if inspect.isclass(builder) else builder
     params = inspect.signature(target).parameters
@@ -92,20 +115,39 @@ class Registry:
     """Builds `name` with its fixed arguments and `kwargs`.
 
     Raises:
-      ValueError: unknown name (the message lists the choices); with
-        `check_arguments`, an argument the name fixes or the builder does
+      ValueError: unknown name (the message lists the choices); an argument
+        the name fixes; with `check_arguments`, an argument the builder does
         not take (the message lists those it takes).
     """
     builder, fixed = self.lookup(name)
+    for key in kwargs:
+      if key in fixed:
+        raise ValueError(
+            f"{self.kind.capitalize()} {name!r} fixes {key}="
+            f"{fixed[key]!r}; do not pass {key}={kwargs[key]!r}. "
+            f"Accepted: {self.accepted(name)}.")
     if self._check_arguments:
       accepted = self.accepted(name)
       for key in kwargs:
-        if key in fixed:
-          raise ValueError(
-              f"{self.kind.capitalize()} {name!r} fixes {key}="
-              f"{fixed[key]!r}; do not pass {key}={kwargs[key]!r}. "
-              f"Accepted: {accepted}.")
         if key not in accepted:
           raise ValueError(f"{self.kind.capitalize()} {name!r} takes no "
                            f"argument {key!r}. Accepted: {accepted}.")
     return builder(**fixed, **kwargs)
+
+
+def deprecated_names_alias(registry: Registry, old: str, new: str):
+  """A function `old()` that warns (DeprecationWarning) and returns
+  `registry.names()`, for the `list()` functions that shadowed the builtin.
+
+  Python shows a DeprecationWarning once per calling line (and by default
+  only in `__main__` and under test runners).
+  """
+
+  def alias():
+    warnings.warn(f"{old}() is deprecated (it shadowed the builtin list): "
+                  f"use {new}().", DeprecationWarning, stacklevel=2)
+    return registry.names()
+
+  alias.__name__ = alias.__qualname__ = old.rsplit(".", 1)[-1]
+  alias.__doc__ = f"Deprecated: use {new}()."
+  return alias

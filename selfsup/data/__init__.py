@@ -6,11 +6,12 @@
     ds = selfsup.data.make_pipeline(source, "train", "resize(256)|rotate",
                                     batch_size=1024, training=True, seed=0)
 
-Sources: see `list()`; each yields unbatched `{"image": uint8 [H, W, 3] RGB,
-"label": int64}`. docs/data.md describes the splits, the layouts of the folder
-sources, the bad-file policy and sharding.
+Sources: see `names()` (`SOURCES` is their registry); each yields
+unbatched `{"image": uint8 [H, W, 3] RGB, "label": int64}`. docs/data.md
+describes the splits, the layouts of the folder sources, the bad-file policy
+and sharding.
 """
-
+from selfsup.core.registry import Registry, deprecated_names_alias
 from selfsup.data import digits as _digits
 from selfsup.data import fashion_mnist as _fashion_mnist
 from selfsup.data import folder as _folder
@@ -25,31 +26,19 @@ from selfsup.data.pipeline import make_pipeline
 from selfsup.data.subset import subset
 from selfsup.data.subset import Subset
 
-_REGISTRY = {}
-
-
-def register(name):
-  """Decorator registering `builder(**kwargs) -> Source` under `name`."""
-
-  def decorator(builder):
-    if name in _REGISTRY:
-      raise ValueError(f"Data source {name!r} is already registered.")
-    _REGISTRY[name] = builder
-    return builder
-
-  return decorator
-
-
-def list():  # pylint: disable=redefined-builtin
-  """The sorted names of the registered sources."""
-  return sorted(_REGISTRY)
+# The named sources: `SOURCES.names()`, `SOURCES.lookup(name)`.
+SOURCES = Registry("data source")
+register = SOURCES.register
+names = SOURCES.names
+list = deprecated_names_alias(  # pylint: disable=redefined-builtin
+    SOURCES, "selfsup.data.list", "selfsup.data.names")
 
 
 def get(name, *, fraction=None, subset_seed=0, **kwargs):
   """Makes the source `name`.
 
   Args:
-    name: one of `list()`.
+    name: one of `names()`.
     fraction: if given, cut the training splits to this fraction of every
       class (see `subset`).
     subset_seed: which subset, when `fraction` is given.
@@ -64,26 +53,22 @@ def get(name, *, fraction=None, subset_seed=0, **kwargs):
     ValueError: for an unknown name.
     DataNotFoundError: when the data is not where it should be.
   """
-  if name not in _REGISTRY:
-    raise ValueError(f"Unknown data source {name!r}; choose one of "
-                     f"{list()}.")
-  source = _REGISTRY[name](**kwargs)
+  source = SOURCES.get(name, **kwargs)
   if fraction is not None:
     source = subset(source, fraction, seed=subset_seed)
   return source
 
 
-register("imagenet2012")(_tfds_source.imagenet2012)
-register("places365_small")(_tfds_source.places365_small)
-register("places205")(_folder.places205)
-register("image_folder")(_folder.ImageFolder)
-register("digits")(_digits.Digits)
-register("fashion_mnist")(_fashion_mnist.FashionMNIST)
-register("tfds")(_tfds_source.tfds_dataset)
+register("imagenet2012", _tfds_source.imagenet2012)
+register("places365_small", _tfds_source.places365_small)
+register("places205", _folder.places205)
+register("image_folder", _folder.ImageFolder)
+register("digits", _digits.Digits)
+register("fashion_mnist", _fashion_mnist.FashionMNIST)
+register("tfds", _tfds_source.tfds_dataset)
 
 __all__ = [
     "BadImagesError", "DataNotFoundError", "IDXError", "IndexedSource",
-    "Source",
-    "Subset", "decode_rgb", "get", "list", "make_pipeline", "register",
-    "subset",
+    "SOURCES", "Source", "Subset", "decode_rgb", "get", "make_pipeline",
+    "names", "register", "subset",
 ]

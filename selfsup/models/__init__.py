@@ -3,10 +3,12 @@
     model = selfsup.models.get("resnet50_v2", width=8, num_classes=1000)
     endpoints = model(images)   # after_root, block1..4, pre_logits, logits
 
-`selfsup.models.list()` names them all.
+`selfsup.models.names()` names them all (`BACKBONES` is their registry);
+`selfsup.models.list()` is a deprecated spelling of `names()`.
 """
 from selfsup.models.base import ENDPOINTS, Backbone
-from selfsup.models.registry import get, list, register  # pylint: disable=redefined-builtin
+from selfsup.models.registry import BACKBONES, get, names, register
+from selfsup.models.registry import list  # pylint: disable=redefined-builtin
 from selfsup.models.resnet import ResNet
 from selfsup.models.revnet import ChannelPad, RevNet, RevUnit
 from selfsup.models.tf1 import TF1CheckpointError, load_tf1
@@ -21,6 +23,6 @@ register("vgg19_bn", VGG)
 register("resnet18_v1", ResNet, depth=18, version="v1")
 register("resnet18_v2", ResNet, depth=18, version="v2")
 
-__all__ = ["ENDPOINTS", "Backbone", "ChannelPad", "ResNet", "RevNet",
-           "RevUnit", "TF1CheckpointError", "VGG", "get", "list", "load_tf1",
-           "register"]
+__all__ = ["BACKBONES", "ENDPOINTS", "Backbone", "ChannelPad", "ResNet",
+           "RevNet", "RevUnit", "TF1CheckpointError", "VGG", "get", "load_tf1",
+           "names", "register"]

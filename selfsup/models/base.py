@@ -219,7 +219,12 @@ class Backbone(keras.Model):
   Subclasses call `self._init_functional(inputs, endpoints, config, name)` at
   the end of their constructor, with `config` holding every constructor
   argument so that `get_config`/`from_config` round-trip.
+
+  `fixed_input_size` says whether the backbone needs a known input height and
+  width (`input_shape` with no None), so that callers pass the image size.
   """
+
+  fixed_input_size = False
 
   def _init_functional(self, inputs, endpoints, config, name, **kwargs):
     ordered = {k: endpoints[k] for k in ENDPOINTS if k in endpoints}

@@ -176,7 +176,7 @@ def load_tf1(path, name, *, width, patch=False, num_classes=None,
   Args:
     path: TF1 checkpoint prefix, a directory with a `checkpoint` file, or a
       TF-Hub module directory (see `checkpoint_prefix`).
-    name: a registered backbone (`selfsup.models.list()`), as for
+    name: a registered backbone (`selfsup.models.names()`), as for
       `selfsup.models.get`.
     width: widening factor k the checkpoint was trained with.
     patch: the patch variant (stride-1 root, block strides (2, 2, 1)).

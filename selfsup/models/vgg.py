@@ -31,6 +31,8 @@ class VGG(base.Backbone):
   first fully connected layer's kernel covers the map left after 5 poolings.
   """
 
+  fixed_input_size = True
+
   def __init__(self, width=8, patch=False, representation_size=None,
                num_classes=None, weight_decay=1e-4, sync_batch_norm=False,
                input_shape=(224, 224, 3), bn_momentum=0.99,
@@ -41,7 +43,8 @@ class VGG(base.Backbone):
         width=width, patch=patch, representation_size=representation_size,
         num_classes=num_classes, weight_decay=weight_decay,
         sync_batch_norm=sync_batch_norm, input_shape=input_shape,
-        min_size=32, need_static=True, kernel_initializer=kernel_initializer,
+        min_size=32, need_static=self.fixed_input_size,
+        kernel_initializer=kernel_initializer,
         batch_norm=batch_norm, bn_momentum=bn_momentum)
 
     layers = base.Layers(weight_decay, sync_batch_norm, kernel_initializer,

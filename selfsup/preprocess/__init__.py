@@ -36,9 +36,11 @@ from selfsup.preprocess.pretext_ops import RELATIVE_POSITIONS
 from selfsup.preprocess.randomness import SEED_KEY
 from selfsup.preprocess.registry import get
 from selfsup.preprocess.registry import list_ops
+from selfsup.preprocess.registry import OPS
 from selfsup.preprocess.registry import register
 
 __all__ = [
-    "CENTRE", "CLASS_LABEL_KEY", "NEIGHBOURS", "pair_patches", "permute_patches", "RELATIVE_POSITIONS", "SEED_KEY", "get",
-    "list_ops", "load_permutations", "randomness", "register", "specs",
+    "CENTRE", "CLASS_LABEL_KEY", "NEIGHBOURS", "OPS", "RELATIVE_POSITIONS",
+    "SEED_KEY", "get", "list_ops", "load_permutations", "pair_patches",
+    "permute_patches", "randomness", "register", "specs",
 ]

@@ -15,7 +15,10 @@ import re
 
 import tensorflow as tf
 
-_REGISTRY = {}
+from selfsup.core.registry import Registry
+
+# The registered op factories, by the name spec strings use.
+OPS = Registry("preprocessing op")
 _OP_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 
@@ -39,20 +42,12 @@ def register(name):
   if not isinstance(name, str) or not name.isidentifier():
     raise ValueError(f"Op name must be a Python identifier, got {name!r}.")
 
-  def decorator(factory):
-    if name in _REGISTRY:
-      raise ValueError(
-          f"Preprocessing op {name!r} is already registered (by "
-          f"{_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__}).")
-    _REGISTRY[name] = factory
-    return factory
-
-  return decorator
+  return OPS.register(name)
 
 
 def list_ops():
   """Returns the sorted names of all registered ops."""
-  return sorted(_REGISTRY)
+  return OPS.names()
 
 
 def _split_ops(spec):
@@ -111,10 +106,10 @@ def _parse_op(op):
 
 def _build_op(name, args, kwargs, training):
   """Calls the registered factory after checking the arguments bind."""
-  if name not in _REGISTRY:
+  if name not in OPS:
     raise ValueError(f"unknown op {name!r}; known ops: "
                      f"{', '.join(list_ops())}")
-  factory = _REGISTRY[name]
+  factory, _ = OPS.lookup(name)
   signature = inspect.signature(factory)
   if "training" in signature.parameters and "training" not in kwargs:
     kwargs = dict(kwargs, training=training)

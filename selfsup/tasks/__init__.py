@@ -3,26 +3,31 @@ the supervised baseline. Each is a preprocessing spec, a model and a loss:
 
     task = selfsup.tasks.get("rotation", backbone="revnet50", width=4).build()
     loss, metrics = task.step(batch, training=True)   # one replica's batch
+
+`TASKS` is their registry, by each class's `name`; `names()` lists them
+(`list()` is a deprecated spelling of it).
 """
+from selfsup.core.registry import Registry, deprecated_names_alias
 from selfsup.tasks.base import Task
 from selfsup.tasks.image_tasks import Exemplar, Rotation, Supervised
 from selfsup.tasks.losses import triplet_semihard_loss
 from selfsup.tasks.patch_tasks import Jigsaw, RelativePatchLocation
 
-_TASKS = {cls.name: cls for cls in (Rotation, Exemplar, Jigsaw,
-                                    RelativePatchLocation, Supervised)}
+TASKS = Registry("task")
+for _cls in (Rotation, Exemplar, Jigsaw, RelativePatchLocation, Supervised):
+  TASKS.register(_cls.name, _cls)
+del _cls
 
-
-def list():  # pylint: disable=redefined-builtin
-  return sorted(_TASKS)
+names = TASKS.names
+list = deprecated_names_alias(  # pylint: disable=redefined-builtin
+    TASKS, "selfsup.tasks.list", "selfsup.tasks.names")
 
 
 def get(name, **kwargs):
   """Makes the task registered as `name` (not built: call `.build()`)."""
-  if name not in _TASKS:
-    raise ValueError(f"Unknown task {name!r}: expected one of {list()}.")
-  return _TASKS[name](**kwargs)
+  return TASKS.get(name, **kwargs)
 
 
 __all__ = ["Exemplar", "Jigsaw", "RelativePatchLocation", "Rotation",
-           "Supervised", "Task", "get", "list", "triplet_semihard_loss"]
+           "Supervised", "TASKS", "Task", "get", "names",
+           "triplet_semihard_loss"]
