@@ -32,11 +32,12 @@ if os.environ["KERAS_BACKEND"] != "tensorflow":
 
 from selfsup.version import __version__  # noqa: E402
 
-_SUBMODULES = ("models", "preprocess", "data", "tasks", "train", "evaluation")
+_SUBMODULES = ("core", "models", "preprocess", "data", "tasks", "workdir",
+               "train", "evaluation")
 _ATTRIBUTES = {"Representation": "selfsup.representation"}
 # The modules that define (and so register) selfsup's Keras classes.
 _KERAS_MODULES = ("selfsup.models", "selfsup.representation",
-                  "selfsup.train.schedules")
+                  "selfsup.core.schedules")
 
 
 def register_keras_classes():

@@ -34,7 +34,6 @@ import tensorflow as tf
 
 import selfsup.models  # noqa: F401  (registers the backbones' classes)
 from selfsup.preprocess import registry as spec_registry
-from selfsup.preprocess import specs as specs_lib
 
 # This module is imported when Keras is (see selfsup/__init__.py), possibly
 # while another selfsup module is half imported: the evaluation and export
@@ -173,7 +172,7 @@ class Representation(keras.layers.Layer):
                    pooling="evaluation", **kwargs):
     """The exported backbone of a pretraining workdir (or its export folder)
     with the preprocessing its info.json names."""
-    from selfsup.train import export as export_lib
+    from selfsup.workdir import export as export_lib
     export_dir = path
     if not tf.io.gfile.exists(os.path.join(path, export_lib.INFO)):
       export_dir = os.path.join(path, "export")
@@ -206,19 +205,20 @@ class Representation(keras.layers.Layer):
     """One of the authors' TF1 checkpoints or TF-Hub modules (see
     `selfsup.models.load_tf1`), with the evaluation preprocessing of `task`
     at `image_size` (default 224; 64, the patch side, for patch tasks)."""
-    from selfsup.train import export as export_lib
-    if task not in specs_lib.TASKS:
+    import selfsup.tasks
+    if task not in selfsup.tasks.TASKS:
       raise ValueError(f"task={task!r} is not valid: expected one of "
-                       f"{specs_lib.TASKS}.")
-    patch_task = task in specs_lib.PATCH_TASKS
-    size = image_size or (64 if patch_task else 224)
+                       f"{selfsup.tasks.TASKS.names()}.")
+    task_class = selfsup.tasks.TASKS.lookup(task)[0]
+    size = image_size or (64 if task_class.patch_based else 224)
     backbone_kwargs = dict(backbone_kwargs or {})
-    if name.startswith("vgg"):
+    builder, _ = selfsup.models.BACKBONES.lookup(name)
+    if getattr(builder, "fixed_input_size", False):
       backbone_kwargs.setdefault("input_shape", (size, size, 3))
     backbone = selfsup.models.load_tf1(
-        path, name, width=width, patch=patch_task and not name.startswith(
-            "vgg"), **backbone_kwargs)
-    spec = export_lib.specs_for(task, size, patch_task)["eval"]
+        path, name, width=width, patch=task_class.patch_based,
+        **backbone_kwargs)
+    spec = task_class.evaluation_specs(size)["eval"]
     return cls(backbone, spec, endpoint=endpoint, trainable=trainable,
                pooling=pooling, **kwargs)
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from selfsup import data
-from selfsup.data import testing as data_testing
+from tests import fake_tfds as data_testing
 
 IMAGENET_SIZES = {"train": 40, "validation": 10}
 HOLDOUT = 12
@@ -296,13 +296,13 @@ def test_make_pipeline_cache(digits):
 
 
 def test_make_pipeline_with_preprocess_specs(digits):
-  specs = pytest.importorskip("selfsup.preprocess").specs
+  import selfsup.tasks  # pylint: disable=g-import-not-at-top
   ds = data.make_pipeline(digits, "train", "resize(32)|rotate", batch_size=4,
                           training=True, seed=0)
   batch = next(iter(ds))
   assert batch["image"].shape == (4, 4, 32, 32, 3)
   np.testing.assert_array_equal(batch["label"][0], [0, 1, 2, 3])
-  jigsaw = specs.patch_task_specs("jigsaw", crop=24, patch=6, shared_perms=2)
+  jigsaw = selfsup.tasks.Jigsaw.pretext_specs(crop=24, patch=6, shared_perms=2)
   make = lambda: data.make_pipeline(
       digits, "train", jigsaw["train"], batch_spec=jigsaw["batch"],
       batch_size=4, training=True, seed=0)

@@ -1,9 +1,13 @@
 """Feature extraction: adaptive pooling, patch averaging, export from a model."""
+import os
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import selfsup
+import selfsup.core
 from selfsup.evaluation import extract, features
 
 
@@ -178,3 +182,58 @@ def test_corrupt_shard_is_named(exported, tmp_path):
   shard.write_bytes(data[: len(data) // 2])
   with pytest.raises(features.FeatureCacheError, match=shard.name):
     extract.as_numpy(out, "val")
+
+
+def test_layers_in_one_pass_match_single_layer_exports(exported, tmp_path,
+                                                       monkeypatch):
+  """Every requested layer from one forward pass: the same features as one
+  export per layer, one backbone pass over the data, and each layer's cache
+  resumes on its own."""
+  export_dir, _, source = exported
+  layers = ("block2", "block4", "pre_logits")
+  single = {}
+  for layer in layers:
+    out = str(tmp_path / "single" / layer)
+    extract.export_features(export_dir, source, ("val",), out,
+                            endpoint=layer, batch_size=64, shard_size=100)
+    single[layer] = extract.as_numpy(out, "val")
+  passes = []
+  computed = extract.FeatureExtractor._computed
+
+  def counting(self, *args):
+    passes.append(self.endpoints)
+    return computed(self, *args)
+
+  monkeypatch.setattr(extract.FeatureExtractor, "_computed", counting)
+  dirs = {layer: str(tmp_path / "multi" / layer) for layer in layers}
+  metas = extract.export_features(export_dir, source, ("val",), dirs,
+                                  endpoint=layers, batch_size=64,
+                                  shard_size=100)
+  assert passes == [layers]  # one pass computing all three
+  for layer in layers:
+    assert metas["val"][layer]["complete"]
+    x, y = extract.as_numpy(dirs[layer], "val")
+    np.testing.assert_allclose(x, single[layer][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y, single[layer][1])
+  # block4 loses its last shards (a killed export), pre_logits its metadata
+  # entirely; block2 stays complete and is not computed again.
+  meta = features.load_metadata(dirs["block4"], "val")
+  for entry in meta["shards"][2:]:
+    os.remove(os.path.join(dirs["block4"], entry["file"]))
+  meta.update(complete=False, shards=meta["shards"][:2])
+  selfsup.core.write_json(features.metadata_path(dirs["block4"], "val"),
+                          meta)
+  shutil.rmtree(dirs["pre_logits"])
+  passes.clear()
+  extract.export_features(export_dir, source, ("val",), dirs,
+                          endpoint=layers, batch_size=64, shard_size=100)
+  assert passes == [layers]
+  for layer in layers:
+    x, y = extract.as_numpy(dirs[layer], "val")
+    np.testing.assert_allclose(x, single[layer][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y, single[layer][1])
+  # All complete: nothing is computed.
+  passes.clear()
+  extract.export_features(export_dir, source, ("val",), dirs,
+                          endpoint=layers, batch_size=64, shard_size=100)
+  assert not passes

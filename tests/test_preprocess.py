@@ -295,23 +295,25 @@ def test_without_seed_output_is_random():
 
 
 def test_all_ready_made_specs_parse():
-  for task in pp.specs.TASKS:
-    assert set(pp.specs.TASK_SPECS[task]) == {"train", "eval", "batch"}
-    pp.specs.check(pp.specs.TASK_SPECS[task])
-    pp.specs.check(pp.specs.EVAL_SPECS[task])
+  import selfsup.tasks  # pylint: disable=g-import-not-at-top
+  for name in selfsup.tasks.TASKS:
+    task = selfsup.tasks.TASKS.lookup(name)[0]
+    specs = task.pretext_specs()
+    assert set(specs) == {"train", "eval", "batch"}
+    pp.specs.check(specs)
+    pp.specs.check(task.evaluation_specs(64 if task.patch_based else 224))
   assert pp.specs.LINEAR_EVAL["train"] == (
       "decode|resize_small(256)|crop(224)|value_range(-1, 1)")
   assert pp.specs.PATCH_REPRESENTATION_EVAL["eval"] == (
       "decode|resize(255)|central_crop(192)|crop_patches(3)|standardize")
-  assert pp.specs.TASK_SPECS["jigsaw"]["train"] == (
+  assert selfsup.tasks.Jigsaw.pretext_specs()["train"] == (
       "decode|resize(292)|crop(255)|to_gray(0.333333)|crop_patches(3, 21)"
       "|standardize|jigsaw(16, permute=False)")
 
 
 def test_spec_makers_reject_bad_sizes():
+  import selfsup.tasks  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="does not fit"):
-    pp.specs.task_specs("jigsaw", crop=48, patch=17)
+    selfsup.tasks.Jigsaw.pretext_specs(crop=48, patch=17)
   with pytest.raises(ValueError, match="more than the image side"):
     pp.specs.patch_representation_specs(size=30, patch=12)
-  with pytest.raises(ValueError, match="unknown task"):
-    pp.specs.task_specs("colorization")

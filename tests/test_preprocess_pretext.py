@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from selfsup import preprocess as pp
+import selfsup.tasks
 
 
 def _image(h=16, w=16, seed=0):
@@ -342,7 +343,7 @@ PATCH = (12, 12, 3)
      (2, 8)),
 ])
 def test_small_task_specs_run_in_tf_data(task, kwargs, shape, label_shape):
-  specs = pp.specs.task_specs(task, **kwargs)
+  specs = selfsup.tasks.TASKS.lookup(task)[0].pretext_specs(**kwargs)
   batch = 2
   images = np.stack([_image(40, 56, seed=s) for s in range(batch)])
   for mode in ("train", "eval"):
@@ -361,19 +362,19 @@ def test_small_task_specs_run_in_tf_data(task, kwargs, shape, label_shape):
 
 
 def test_default_patch_specs_use_the_efficient_formats():
-  jigsaw = pp.specs.TASK_SPECS["jigsaw"]
+  jigsaw = selfsup.tasks.Jigsaw.pretext_specs()
   assert jigsaw["train"] == (
       "decode|resize(292)|crop(255)|to_gray(0.333333)|crop_patches(3, 21)"
       "|standardize|jigsaw(16, permute=False)")
   assert jigsaw["eval"].endswith("|standardize|jigsaw(16, permute=False)")
-  rpl = pp.specs.TASK_SPECS["relative_patch_location"]
+  rpl = selfsup.tasks.RelativePatchLocation.pretext_specs()
   assert rpl["train"].endswith("|relative_patch_location(pairs=False)")
-  old = pp.specs.patch_task_specs("jigsaw", permute_images=True)
+  old = selfsup.tasks.Jigsaw.pretext_specs(permute_images=True)
   assert old["train"].endswith("|standardize|jigsaw(16)")
-  shared = pp.specs.patch_task_specs("jigsaw", shared_perms=8)
+  shared = selfsup.tasks.Jigsaw.pretext_specs(shared_perms=8)
   assert shared["batch"] == "jigsaw_shared(8, permute=False)"
-  assert pp.specs.patch_task_specs(
-      "relative_patch_location", pair_images=True)["train"].endswith(
+  assert selfsup.tasks.RelativePatchLocation.pretext_specs(
+      pair_images=True)["train"].endswith(
           "|standardize|relative_patch_location")
 
 
@@ -383,18 +384,19 @@ def test_default_patch_specs_use_the_efficient_formats():
     ("jigsaw", {"pair_images": True}),
 ])
 def test_patch_spec_options_of_the_other_task_raise(task, kwargs):
-  with pytest.raises(ValueError, match="only appl(y|ies) to"):
-    pp.specs.patch_task_specs(task, **kwargs)
+  with pytest.raises(ValueError, match="takes no spec argument"):
+    selfsup.tasks.get(task, backbone="resnet18_v2", width=0.25,
+                      image_size=12, spec_kwargs=dict(kwargs, crop=48))
 
 
 def test_small_representation_specs_give_standardized_patches():
-  specs = pp.specs.evaluation_specs("jigsaw", size=48, patch=12)
+  specs = selfsup.tasks.Jigsaw.evaluation_specs(12)
   assert specs["eval"] == (
       "decode|resize(48)|central_crop(36)|crop_patches(3)|standardize")
   for out in _run(specs["eval"], {"image": _image(40, 56)}, training=False):
     assert out["image"].shape == (9, 12, 12, 3)
     np.testing.assert_allclose(out["image"].mean(axis=(1, 2, 3)), 0, atol=1e-5)
-  whole = pp.specs.evaluation_specs("rotation", size=32)
+  whole = selfsup.tasks.Rotation.evaluation_specs(32)
   for out in _run(whole["train"], {"image": _image(40, 56)}):
     assert out["image"].shape == (32, 32, 3)
     assert -1 <= out["image"].min() and out["image"].max() <= 1

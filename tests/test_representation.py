@@ -13,10 +13,11 @@ import tensorflow as tf
 
 import selfsup
 import selfsup.models
+import selfsup.tasks
 from selfsup.evaluation import extract
 from selfsup.preprocess import get as get_spec
 from selfsup.representation import Representation
-from selfsup.train import export
+from selfsup.workdir import export
 from tests import test_tf1_reference as tf1_tests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,8 +43,8 @@ def _backbone(patch=False, num_classes=None):
 
 def _spec(patch):
   if patch:
-    return export.specs_for("jigsaw", PATCH, True)["eval"]
-  return export.specs_for("rotation", SIZE, False)["eval"]
+    return selfsup.tasks.Jigsaw.evaluation_specs(PATCH)["eval"]
+  return selfsup.tasks.Rotation.evaluation_specs(SIZE)["eval"]
 
 
 def _images(n, h, w, seed=0, channels=3):
@@ -140,7 +141,9 @@ def _workdir(tmp_path, patch=False):
   export.write_export(
       backbone, workdir, task="jigsaw" if patch else "rotation",
       backbone_name="resnet18_v2", image_size=PATCH if patch else SIZE,
-      patch_based=patch, step=0)
+      patch_based=patch, step=0, eval_specs=(
+          selfsup.tasks.Jigsaw if patch else selfsup.tasks.Rotation
+      ).evaluation_specs(PATCH if patch else SIZE))
   return workdir, backbone
 
 

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from selfsup import models
+from selfsup.evaluation import extract
 from selfsup.evaluation import features
 from selfsup.evaluation import lbfgs
 from selfsup.evaluation import sgd
@@ -194,7 +195,7 @@ def test_on_the_fly_images_keep_the_backbone_frozen(backbone):
   assert kernel.shape == (128, 3) and np.abs(kernel).max() > 0
   for old, new in zip(before, backbone.get_weights()):  # BN statistics too
     np.testing.assert_array_equal(old, new)
-  rep = sgd.representation(backbone, images[:4])
+  rep = extract.representation(backbone, tf.constant(images[:4]), "pre_logits")
   expected = backbone(images[:4], training=False)["pre_logits"]
   np.testing.assert_allclose(rep, expected, rtol=1e-5, atol=1e-6)
 
@@ -203,7 +204,8 @@ def test_on_the_fly_patches_average_the_nine_patches(backbone):
   rng = np.random.default_rng(1)
   patches = rng.uniform(-1, 1, size=(8, 9, 12, 12, 3)).astype(np.float32)
   labels = rng.integers(0, 3, size=8)
-  rep = sgd.representation(backbone, patches[:2]).numpy()
+  rep = extract.representation(backbone, tf.constant(patches[:2]),
+                               "pre_logits").numpy()
   for i in range(2):
     each = backbone(patches[i], training=False)["pre_logits"].numpy()
     np.testing.assert_allclose(rep[i], each.mean(axis=0), rtol=1e-4,
@@ -218,20 +220,20 @@ def test_on_the_fly_patches_average_the_nine_patches(backbone):
     np.testing.assert_array_equal(old, new)
 
 
-def test_spatial_endpoint_needs_explicit_pooling(backbone):
-  images = np.random.default_rng(2).uniform(size=(2, 32, 32, 3)).astype(
+def test_spatial_endpoint_is_pooled_as_the_feature_export(backbone):
+  """On the fly and cached features are one representation: a spatial
+  endpoint is max-pooled on the export's adaptive grid in both."""
+  images = np.random.default_rng(2).uniform(size=(4, 32, 32, 3)).astype(
       np.float32)
-  with pytest.raises(ValueError, match="spatial_pool='avg'"):
-    sgd.representation(backbone, images, "block3")
-  rep = sgd.representation(backbone, images, "block3", spatial_pool="avg")
-  block3 = backbone(images, training=False)["block3"]
-  np.testing.assert_allclose(rep, tf.reduce_mean(block3, [1, 2]), rtol=1e-5,
-                             atol=1e-6)
-  data = _image_batches(images, np.array([0, 1]), 2)
-  with pytest.raises(ValueError, match="spatial_pool"):
-    sgd.train_head("linear", train_data=data, eval_data=data, num_classes=2,
-                   epochs=1, backbone=backbone, endpoint="block3",
-                   log=lambda _: None)
+  data = _image_batches(images, np.array([0, 1, 0, 1]), 2)
+  seen = []
+  pooled = extract.representation(backbone, tf.constant(images), "block3",
+                                  max_features=64)
+  result = sgd.train_head("linear", train_data=data, eval_data=data,
+                          num_classes=2, epochs=1, backbone=backbone,
+                          endpoint="block3", max_features=64, log=seen.append)
+  assert result["model"].input_shape == (None, pooled.shape[-1])
+  assert f"head on {pooled.shape[-1]} features" in seen[0]
   with pytest.raises(ValueError, match="expected one of"):
     sgd.train_head("linear", train_data=data, eval_data=data, num_classes=2,
                    epochs=1, backbone=backbone, endpoint="pool5",

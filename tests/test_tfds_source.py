@@ -1,6 +1,6 @@
 """Tests for the generic `tfds` source: any TFDS image-classification dataset
 by name, split like ImageNet. Tiny fake copies written with
-`selfsup.data.testing.write_fake_tfds`, and `tfds.testing.mock_data`; nothing
+`tests.fake_tfds.write_fake_tfds`, and `tfds.testing.mock_data`; nothing
 is downloaded."""
 import collections
 import hashlib
@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from selfsup import data
-from selfsup.data import testing as data_testing
+from tests import fake_tfds as data_testing
 
 FAKES = {  # TFDS name -> (split sizes, image shape)
     "cifar10": ({"train": 40, "test": 10}, (32, 32, 3)),

@@ -14,13 +14,14 @@ from selfsup.evaluation import features as features_lib
 from selfsup.evaluation import protocol
 from selfsup.train import TrainConfig, Trainer
 from selfsup.train import experiment
+from selfsup.workdir import sources
 from tests import training_runs as runs
 
 
 def _source(**kwargs):
-  record = experiment.source_record(
+  record = sources.source_record(
       "digits", source_kwargs={"image_size": runs.IMAGE_SIZE}, **kwargs)
-  return experiment.make_source(record)
+  return sources.make_source(record)
 
 
 def _trainer(workdir, steps, seed=1, **cfg):
@@ -155,7 +156,7 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path):
 def test_data_record_is_written(tmp_path):
   workdir = tmp_path / "run"
   experiment.run(_trainer(workdir, 0))
-  assert experiment.load_data_record(str(workdir)) == _source().record
+  assert sources.load_data_record(str(workdir)) == _source().record
   assert protocol.eval_source(str(workdir)).record == _source().record
 
 

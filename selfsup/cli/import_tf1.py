@@ -25,15 +25,16 @@ from absl import flags
 from selfsup.cli import common
 
 FLAGS = flags.FLAGS
+# The pretext tasks of the authors' released models (selfsup.tasks.TASKS
+# names them; this flag list is static for --help).
 TASKS = ("rotation", "exemplar", "jigsaw", "relative_patch_location")
-PATCH_TASKS = ("jigsaw", "relative_patch_location")
 flags.DEFINE_string("checkpoint", None, "TF1 checkpoint prefix, a folder with "
                     "a 'checkpoint' file, or a TF-Hub module folder.")
 flags.DEFINE_enum("backbone", None,
                   ["resnet18_v1", "resnet18_v2", "resnet50_v1", "resnet50_v2",
                    "resnet50_v2_minus", "revnet50", "revnet50_minus",
                    "vgg19_bn"],
-                  "selfsup backbone name (selfsup.models.list()).")
+                  "selfsup backbone name (selfsup.models.BACKBONES).")
 flags.DEFINE_float("width", None, "widening factor k of the checkpoint.")
 flags.DEFINE_enum("task", "rotation", TASKS, "the pretext task it was "
                   "trained on (picks the evaluation preprocessing).")
@@ -62,38 +63,40 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
   import selfsup.models
-  from selfsup.train import export
+  import selfsup.tasks
+  from selfsup.core import files
+  from selfsup.workdir import export
   # pylint: enable=g-import-not-at-top
   with common.reporting(show_traceback):
     workdir = FLAGS.workdir
     if tf.io.gfile.exists(os.path.join(workdir, "export", export.INFO)):
       raise ValueError(f"{workdir} already holds an export (export/"
                        f"{export.INFO}): give a new --workdir.")
-    patch_task = FLAGS.task in PATCH_TASKS
-    size = FLAGS.image_size or (64 if patch_task else 224)
+    task = selfsup.tasks.TASKS.lookup(FLAGS.task)[0]
+    size = FLAGS.image_size or (64 if task.patch_based else 224)
     if size < 8:
       raise ValueError(f"--image_size={size} is not valid: expected >= 8.")
-    vgg = FLAGS.backbone.startswith("vgg")
-    kwargs = {"input_shape": (size, size, 3)} if vgg else {}
+    builder, _ = selfsup.models.BACKBONES.lookup(FLAGS.backbone)
+    kwargs = ({"input_shape": (size, size, 3)}
+              if getattr(builder, "fixed_input_size", False) else {})
     backbone = selfsup.models.load_tf1(
         FLAGS.checkpoint, FLAGS.backbone, width=_width(FLAGS.width),
-        patch=patch_task and not vgg, **kwargs)
+        patch=task.patch_based, **kwargs)
     tf.io.gfile.makedirs(workdir)
     common.log_to_workdir(workdir, "import_tf1")
     out = export.write_export(
         backbone, workdir, task=FLAGS.task, backbone_name=FLAGS.backbone,
-        image_size=size, patch_based=patch_task, step=0,
+        image_size=size, patch_based=task.patch_based, step=0,
+        eval_specs=task.evaluation_specs(size),
         extra={"imported_from": os.path.abspath(FLAGS.checkpoint),
                "imported_format": "tf1"})
     lines = ["# Written by bin/import_tf1: the data bin/linear_eval "
-             "evaluates on.", "import selfsup.train.experiment", "",
+             "evaluates on.", "import selfsup.workdir.sources", "",
              f"build_source.name = {FLAGS.source!r}"]
     if FLAGS.data_dir:
       lines.append(f"build_source.data_dir = {FLAGS.data_dir!r}")
     config = os.path.join(workdir, "config.gin")
-    with tf.io.gfile.GFile(config + ".tmp", "w") as f:
-      f.write("\n".join(lines) + "\n")
-    tf.io.gfile.rename(config + ".tmp", config, overwrite=True)
+    files.atomic_write(config, "\n".join(lines) + "\n")
   print(f"imported {FLAGS.backbone} (width {FLAGS.width:g}, {FLAGS.task}) "
         f"from {FLAGS.checkpoint}: {out}")
 

@@ -60,13 +60,13 @@ def main(argv):
     common.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     # Every number, before any data is read or anything is written.
     experiment.check_config()
-    experiment.build_source(
+    source = experiment.build_source(
         **({"data_dir": FLAGS.data_dir} if FLAGS.data_dir else {}))
     if not FLAGS.workdir:
       sys.exit("error: --workdir is required (where checkpoints, summaries "
                "and the exported backbone go).")
-    trainer = experiment.prepare(FLAGS.workdir, data_dir=FLAGS.data_dir,
-                                 tpu=FLAGS.tpu, strategy_kind=FLAGS.strategy)
+    trainer = experiment.prepare(FLAGS.workdir, source=source, tpu=FLAGS.tpu,
+                                 strategy_kind=FLAGS.strategy)
     if experiment.finished_results(trainer) is None:  # else nothing changes
       log = common.log_to_workdir(FLAGS.workdir, "pretrain")
       if log:

@@ -3,11 +3,11 @@
     ds = make_pipeline(source, "train", "resize(256)|rotate", batch_size=1024,
                        training=True, seed=0)
 """
-import importlib
-
 import tensorflow as tf
 
-SEED_KEY = "_seed"  # the key selfsup.preprocess reads its seeds from
+from selfsup import preprocess
+from selfsup.core.keys import SEED_KEY
+
 # Pipeline i > 0 of a multi-host run uses seed + i * _PIPELINE_SEED_STRIDE, so
 # hosts draw different augmentations.
 _PIPELINE_SEED_STRIDE = 1_000_003
@@ -21,7 +21,6 @@ def _preprocess_fn(spec, training):
     return None
   if callable(spec):
     return spec
-  preprocess = importlib.import_module("selfsup.preprocess")
   return preprocess.get(spec, training=training)
 
 

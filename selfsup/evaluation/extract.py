@@ -24,7 +24,7 @@ from absl import logging
 
 from selfsup.evaluation import features as features_lib
 from selfsup.preprocess import get as get_spec
-from selfsup.train import export as export_lib
+from selfsup.workdir import export as export_lib
 
 MAX_FEATURES = 9_000
 # Batches of features computed ahead of the writer.
@@ -89,26 +89,45 @@ def adaptive_max_pool(x, max_features=MAX_FEATURES, rule=None):
   return tf.reshape(pooled, [-1, rows_n * cols_n * c])
 
 
-def representation(backbone, images, endpoint, max_features=MAX_FEATURES):
-  """The frozen `endpoint` representation of `images` as [B, features].
+def representations(backbone, images, endpoints, max_features=MAX_FEATURES):
+  """The frozen representations of `images` at each of `endpoints`, from one
+  forward pass: {endpoint: [B, features] float32}.
 
-  `images` is [B, H, W, C], or [B, P, p, p, C] for patch models (the P
-  patches' representations are averaged).
+  This is THE evaluation representation, used by the feature export (for
+  L-BFGS and cached SGD/MLP heads) and by SGD on the fly alike: a spatial
+  endpoint is max-pooled on the adaptive grid (`adaptive_max_pool`), and
+  `images` [B, P, p, p, C] (patch models) give the average of the P
+  patches' representations.
   """
   patches = images.shape.rank == 5
   flat = tf.reshape(images, [-1] + images.shape[-3:].as_list()) if patches \
       else images
   out = backbone(flat, training=False)
-  if endpoint not in out:
-    raise ValueError(f"endpoint={endpoint!r} is not an output of the backbone: "
-                     f"expected one of {sorted(out)}.")
-  value = tf.cast(out[endpoint], tf.float32)
-  if value.shape.rank == 4:
-    value = adaptive_max_pool(value, max_features)
-  if patches:
-    value = tf.reduce_mean(
-        tf.reshape(value, [-1, images.shape[1], value.shape[-1]]), axis=1)
-  return value
+  if not isinstance(out, dict):
+    raise ValueError(f"backbone must return a dict of named endpoints, got "
+                     f"{type(out).__name__}.")
+  reps = {}
+  for endpoint in endpoints:
+    if endpoint not in out:
+      raise ValueError(f"endpoint={endpoint!r} is not an output of the "
+                       f"backbone: expected one of {sorted(out)}.")
+    value = tf.cast(out[endpoint], tf.float32)
+    if value.shape.rank == 4:
+      value = adaptive_max_pool(value, max_features)
+    elif value.shape.rank != 2:
+      raise ValueError(f"endpoint {endpoint!r} has rank {value.shape.rank}: "
+                       "expected [batch, features] or [batch, h, w, c].")
+    if patches:
+      value = tf.reduce_mean(
+          tf.reshape(value, [-1, images.shape[1], value.shape[-1]]), axis=1)
+    reps[endpoint] = value
+  return reps
+
+
+def representation(backbone, images, endpoint, max_features=MAX_FEATURES):
+  """The frozen `endpoint` representation of `images` as [B, features]
+  (see `representations`)."""
+  return representations(backbone, images, (endpoint,), max_features)[endpoint]
 
 
 def in_background(iterable, depth):
@@ -159,45 +178,64 @@ def in_background(iterable, depth):
 
 
 class FeatureExtractor:
-  """Images -> the frozen `endpoint` representation of `backbone`, [B, d].
+  """Images -> the frozen representations of `backbone` at `endpoints`.
 
+  `endpoints` is one name (calls return a [B, d] tensor) or a sequence of
+  names (calls return {endpoint: [B, d]}, all from one forward pass).
   Traced once per image shape, with the batch dimension left open: a split's
   last, smaller batch reuses the trace instead of adding one (a retrace of a
   ResNet-50 costs about as much as 3 batches of 64 at 64x64 on 2 cores).
   """
 
-  def __init__(self, backbone, endpoint, max_features=MAX_FEATURES):
+  def __init__(self, backbone, endpoints, max_features=MAX_FEATURES):
     self.backbone = backbone
-    self.endpoint = endpoint
+    self.single = isinstance(endpoints, str)
+    self.endpoints = (endpoints,) if self.single else tuple(endpoints)
+    if not self.endpoints:
+      raise ValueError("endpoints must name at least one endpoint.")
     self.max_features = max_features
     self._traced = {}
 
-  def __call__(self, images):
+  @property
+  def endpoint(self):
+    return self.endpoints[0]
+
+  def all(self, images):
+    """{endpoint: [B, d]} of every endpoint, from one forward pass."""
     images = tf.convert_to_tensor(images)
     key = (tuple(images.shape[1:]), images.dtype)
     if key not in self._traced:
       spec = tf.TensorSpec([None, *key[0]], images.dtype)
       self._traced[key] = tf.function(
-          lambda x: representation(self.backbone, x, self.endpoint,
-                                   self.max_features),
+          lambda x: representations(self.backbone, x, self.endpoints,
+                                    self.max_features),
           input_signature=[spec])
     return self._traced[key](images)
 
-  def batches(self, source, split, spec, batch_size):
-    """make_batches(start): numpy (features, labels) of `split` from `start`.
+  def __call__(self, images):
+    out = self.all(images)
+    return out[self.endpoint] if self.single else out
 
-    What `features.write_split` consumes.
-    """
+  def _computed(self, source, split, spec, batch_size, start):
+    """numpy ({endpoint: features}, labels) batches of `split` from `start`."""
     preprocess = get_spec(spec, training=False)
+    ds = source.dataset(split, shuffle=False).skip(start)
+    ds = ds.map(lambda x: {"image": preprocess(x)["image"],
+                           "label": x["label"]},
+                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    for batch in ds:
+      out = self.all(batch["image"])
+      yield {k: v.numpy() for k, v in out.items()}, batch["label"].numpy()
+
+  def batches(self, source, split, spec, batch_size):
+    """make_batches(start): numpy (features, labels) of `split` from `start`
+    for the first endpoint: what `features.write_split` consumes."""
 
     def computed(start):
-      ds = source.dataset(split, shuffle=False).skip(start)
-      ds = ds.map(lambda x: {"image": preprocess(x)["image"],
-                             "label": x["label"]},
-                  num_parallel_calls=tf.data.AUTOTUNE)
-      ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-      for batch in ds:
-        yield self(batch["image"]).numpy(), batch["label"].numpy()
+      for reps, labels in self._computed(source, split, spec, batch_size,
+                                         start):
+        yield reps[self.endpoint], labels
 
     # The writer serialises, writes and hashes while the next batches are
     # computed. On 2 CPU cores that work is only 1.5-4% of an export
@@ -205,40 +243,181 @@ class FeatureExtractor:
     # computes and the host only writes, it is a larger share.
     return lambda start: in_background(computed(start), _AHEAD)
 
-  def export_split(self, source, split, out_dir, *, spec, batch_size=256,
+  def export_split(self, source, split, out_dirs, *, spec, batch_size=256,
                    shard_size=features_lib.DEFAULT_SHARD_SIZE):
-    """Writes the features of one split; returns its metadata."""
+    """Writes the features of one split for every endpoint in one pass.
+
+    `out_dirs` is {endpoint: folder} (or one folder for a single endpoint).
+    Each endpoint's cache resumes on its own: the pass starts at the
+    earliest example any of them lacks, and endpoints whose cache is
+    complete are not computed. Returns {endpoint: metadata} (one metadata
+    for a single endpoint).
+    """
+    single = isinstance(out_dirs, str)
+    if single:
+      out_dirs = {self.endpoint: out_dirs}
+    unknown = sorted(set(out_dirs) - set(self.endpoints))
+    if unknown:
+      raise ValueError(f"out_dirs names endpoints {unknown} this extractor "
+                       f"does not compute: expected some of {self.endpoints}.")
     if source.num_examples(split) == 0:
       raise ValueError(f"Split {split!r} of {source.name!r} is empty.")
-    logging.info("Exporting %s features of %s:%s (%d images) to %s.",
-                 self.endpoint, source.name, split, source.num_examples(split),
-                 out_dir)
-    return features_lib.write_split(
-        out_dir, split, self.batches(source, split, spec, batch_size),
-        layer=self.endpoint, shard_size=shard_size)
+    logging.info("Exporting %s features of %s:%s (%d images) in one pass.",
+                 ", ".join(out_dirs), source.name, split,
+                 source.num_examples(split))
+    metas = _write_endpoints(
+        out_dirs, split, lambda start: self._computed(
+            source, split, spec, batch_size, start), shard_size)
+    return metas[self.endpoint] if single else metas
+
+
+class _Fanout:
+  """One pass of computed batches feeding one `write_split` per endpoint.
+
+  Each writer runs in its own thread and asks for its batches from the
+  example it resumes at (`make_batches(start)`); the producer computes from
+  the earliest of those starts and hands each writer its endpoint's
+  features, dropping the examples that writer already has. The starts are
+  known before the pass (`features.completed_examples`); a writer asking
+  for another start is an error, never a misaligned cache.
+  """
+
+  def __init__(self, starts, begin):
+    self.starts, self.begin = starts, begin
+    self.queues = {k: queue.Queue(_AHEAD) for k in starts}
+    self.stop = threading.Event()
+    self.done = set()  # writers that returned: nothing more goes to them
+
+  def put(self, endpoint, item):
+    while not self.stop.is_set():
+      if endpoint in self.done:
+        return True
+      try:
+        self.queues[endpoint].put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def make_batches(self, endpoint):
+    def make(start):
+      if start != self.starts[endpoint]:
+        raise features_lib.FeatureCacheError(
+            f"The {endpoint} cache resumes at example {start}, expected "
+            f"{self.starts[endpoint]}: it changed during the export.")
+      return self._consume(endpoint, start - self.begin)
+    return make
+
+  def _consume(self, endpoint, skip):
+    q = self.queues[endpoint]
+    while True:
+      ok, item = q.get()
+      if not ok:
+        if item is not None:
+          raise item
+        return
+      x, y = item
+      if skip >= len(y):
+        skip -= len(y)
+        continue
+      yield x[skip:], y[skip:]
+      skip = 0
+
+
+def _write_endpoints(out_dirs, split, compute, shard_size):
+  """Writes every endpoint's cache of `split` from one pass of
+  `compute(start)` ({endpoint: x}, y) batches; {endpoint: metadata}."""
+  metas, starts = {}, {}
+  for endpoint, out_dir in out_dirs.items():
+    meta_path = features_lib.metadata_path(out_dir, split)
+    if tf.io.gfile.exists(meta_path) and features_lib.load_metadata(
+        out_dir, split)["complete"]:
+      metas[endpoint] = features_lib.write_split(
+          out_dir, split, [], layer=endpoint, shard_size=shard_size)
+    else:
+      starts[endpoint] = features_lib.completed_examples(out_dir, split)
+  if not starts:
+    return metas
+  fan = _Fanout(starts, min(starts.values()))
+  errors = []
+
+  def write(endpoint):
+    try:
+      metas[endpoint] = features_lib.write_split(
+          out_dirs[endpoint], split, fan.make_batches(endpoint),
+          layer=endpoint, shard_size=shard_size)
+    except BaseException as e:  # pylint: disable=broad-except
+      errors.append(e)
+      fan.stop.set()
+    finally:
+      # A writer that stopped early must not block the producer.
+      fan.done.add(endpoint)
+      while True:
+        try:
+          fan.queues[endpoint].get_nowait()
+        except queue.Empty:
+          break
+
+  threads = [threading.Thread(target=write, args=(k,), daemon=True,
+                              name=f"selfsup-features-{k}") for k in starts]
+  for t in threads:
+    t.start()
+  try:
+    for reps, labels in compute(fan.begin):
+      for endpoint in starts:
+        if not fan.put(endpoint, (True, (reps[endpoint], labels))):
+          break
+      if fan.stop.is_set():
+        break
+    end = (False, None)
+  except BaseException as e:  # pylint: disable=broad-except
+    end = (False, e)
+  for endpoint in starts:
+    fan.put(endpoint, end)
+  for t in threads:
+    t.join()
+  if end[1] is not None:
+    raise end[1]
+  if errors:
+    raise errors[0]
+  return metas
 
 
 def export_features(export_dir, source, splits, out_dir, *, endpoint,
                     batch_size=256, max_features=MAX_FEATURES,
                     shard_size=features_lib.DEFAULT_SHARD_SIZE, spec=None):
-  """Writes the `endpoint` features of `splits` of `source` under `out_dir`.
+  """Writes the features of `splits` of `source` for one or more endpoints.
 
-  Resumable shard by shard: complete splits and shards are kept. Returns
-  {split: metadata}.
+  `endpoint` is one name with `out_dir` one folder, or a sequence of names
+  with `out_dir` a {endpoint: folder} mapping: then every endpoint comes
+  from the same forward pass (layer-wise evaluation costs one pass, not one
+  per layer). Resumable shard by shard: complete splits and shards are
+  kept. Returns {split: metadata} (one endpoint) or
+  {split: {endpoint: metadata}}.
   """
   info = export_lib.load_info(export_dir)
-  if endpoint not in info["endpoints"]:
-    raise ValueError(f"endpoint={endpoint!r} is not an endpoint of the "
-                     f"exported {info['backbone']}: expected one of "
-                     f"{info['endpoints']}.")
+  single = isinstance(endpoint, str)
+  endpoints = (endpoint,) if single else tuple(endpoint)
+  out_dirs = {endpoint: out_dir} if single else dict(out_dir)
+  if set(out_dirs) != set(endpoints):
+    raise ValueError(f"out_dir must map each endpoint {endpoints} to a "
+                     f"folder, got {sorted(out_dirs)}.")
+  for name in endpoints:
+    if name not in info["endpoints"]:
+      raise ValueError(f"endpoint={name!r} is not an endpoint of the "
+                       f"exported {info['backbone']}: expected one of "
+                       f"{info['endpoints']}.")
   backbone = export_lib.load_backbone(export_dir)
   backbone.trainable = False  # frozen: evaluation never updates it
-  extractor = FeatureExtractor(backbone, endpoint, max_features)
+  extractor = FeatureExtractor(backbone, endpoints, max_features)
   spec = spec or info["eval_specs"]["eval"]
-  return {split: extractor.export_split(source, split, out_dir, spec=spec,
-                                        batch_size=batch_size,
-                                        shard_size=shard_size)
-          for split in splits}
+  metas = {split: extractor.export_split(source, split, out_dirs, spec=spec,
+                                         batch_size=batch_size,
+                                         shard_size=shard_size)
+           for split in splits}
+  if single:
+    return {split: m[endpoint] for split, m in metas.items()}
+  return metas
 
 
 def feature_dir(workdir, endpoint, source_name, fraction=None):

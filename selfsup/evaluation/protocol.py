@@ -7,12 +7,14 @@ default the data source is the one the workdir was pretrained on (its
 split "train" and the evaluation split "val" (the held-out split the paper
 reports on; "official_val" for comparisons with the literature).
 """
+import dataclasses
 import datetime
 import hashlib
 import inspect
 import json
 import os
 import time
+from typing import Any, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
@@ -22,45 +24,86 @@ from absl import logging
 from selfsup import data as data_lib
 from selfsup.evaluation import extract, lbfgs, sgd
 from selfsup.evaluation import features as features_lib
-from selfsup.core import checks
-from selfsup.train import experiment
-from selfsup.train import export as export_lib
+from selfsup.core import checks, files
+from selfsup.workdir import export as export_lib
+from selfsup.workdir import sources
 
 PROTOCOLS = ("lbfgs", "sgd_linear", "mlp")
 RESULTS = "results.json"
 
 
-def _check_settings(protocol, layers, train_split, eval_split, fraction,
-                    batch_size, max_iter, l2, max_features, sgd_kwargs,
-                    precondition, data_dir, export_dir):
-  """Every linear_eval setting, checked before any work; the settings that
-  determine a result, as recorded in results.json."""
-  name = lambda field: f"linear_eval.{field}"  # noqa: E731
-  checks.string(name("protocol"), protocol, choices=PROTOCOLS)
-  layers = checks.sequence(name("layers"), layers, checks.string,
-                           allow_empty=False)
-  checks.string(name("train_split"), train_split)
-  checks.string(name("eval_split"), eval_split)
-  if fraction is not None:
-    checks.number(name("fraction"), fraction, minimum=0, maximum=1)
-    if fraction <= 0:
-      raise checks.ConfigError(f"{name('fraction')}={fraction!r} is invalid: "
-                               "expected a number in (0, 1] or None.")
-  checks.integer(name("batch_size"), batch_size, minimum=1)
-  checks.integer(name("max_iter"), max_iter, minimum=1)
-  checks.number(name("l2"), l2, minimum=0, optional=True)
-  checks.integer(name("max_features"), max_features, minimum=1)
-  checks.mapping(name("sgd_kwargs"), sgd_kwargs)
-  checks.boolean(name("precondition"), precondition)
-  checks.string(name("data_dir"), data_dir, optional=True)
-  checks.string(name("export_dir"), export_dir, optional=True)
-  settings = {"batch_size": batch_size, "max_features": max_features,
-              "l2": l2}
-  if protocol == "lbfgs":
-    settings.update(max_iter=max_iter, precondition=precondition)
-  else:
-    settings["sgd_kwargs"] = dict(sgd_kwargs or {})
-  return layers, settings
+@dataclasses.dataclass
+class EvalSettings:
+  """Every setting of one linear evaluation, checked when made.
+
+  The fields are `linear_eval`'s arguments (see there); `recorded` gives
+  the ones that determine a result, as results.json keeps them.
+  """
+  protocol: str = "lbfgs"
+  layers: Sequence[str] = ("pre_logits",)
+  train_split: str = "train"
+  eval_split: str = "val"
+  fraction: Optional[float] = None
+  batch_size: int = 256
+  max_iter: int = 800
+  l2: Optional[float] = None
+  max_features: int = extract.MAX_FEATURES
+  sgd_kwargs: Optional[Mapping[str, Any]] = None
+  precondition: bool = True
+  data_dir: Optional[str] = None
+  export_dir: Optional[str] = None
+
+  def __post_init__(self):
+    name = lambda field: f"linear_eval.{field}"  # noqa: E731
+    checks.string(name("protocol"), self.protocol, choices=PROTOCOLS)
+    self.layers = tuple(checks.sequence(name("layers"), self.layers,
+                                        checks.string, allow_empty=False))
+    checks.string(name("train_split"), self.train_split)
+    checks.string(name("eval_split"), self.eval_split)
+    if self.fraction is not None:
+      checks.number(name("fraction"), self.fraction, minimum=0, maximum=1)
+      if self.fraction <= 0:
+        raise checks.ConfigError(
+            f"{name('fraction')}={self.fraction!r} is invalid: expected a "
+            "number in (0, 1] or None.")
+    checks.integer(name("batch_size"), self.batch_size, minimum=1)
+    checks.integer(name("max_iter"), self.max_iter, minimum=1)
+    checks.number(name("l2"), self.l2, minimum=0, optional=True)
+    checks.integer(name("max_features"), self.max_features, minimum=1)
+    checks.mapping(name("sgd_kwargs"), self.sgd_kwargs)
+    checks.boolean(name("precondition"), self.precondition)
+    checks.string(name("data_dir"), self.data_dir, optional=True)
+    checks.string(name("export_dir"), self.export_dir, optional=True)
+
+  @property
+  def recorded(self) -> dict:
+    """The settings that determine a result (results.json's `settings`)."""
+    out = {"batch_size": self.batch_size, "max_features": self.max_features,
+           "l2": self.l2}
+    if self.protocol == "lbfgs":
+      out.update(max_iter=self.max_iter, precondition=self.precondition)
+    else:
+      out["sgd_kwargs"] = dict(self.sgd_kwargs or {})
+    return out
+
+
+@dataclasses.dataclass
+class _Context:
+  """What every layer's evaluation of one workdir shares."""
+  workdir: str
+  export_dir: str
+  info: dict
+  export: dict
+  source: Any
+  settings: EvalSettings
+
+  @property
+  def splits(self):
+    return (self.settings.train_split, self.settings.eval_split)
+
+  def feature_dir(self, layer):
+    return extract.feature_dir(self.workdir, layer, self.source.name,
+                               self.settings.fraction)
 
 
 @gin.configurable(module="selfsup")
@@ -78,7 +121,8 @@ def linear_eval(workdir, *, data_dir=None, protocol="lbfgs",
       pretrained on.
     protocol: one of PROTOCOLS.
     layers: endpoints to evaluate, e.g. ("block1", ..., "pre_logits") for the
-      layer-wise study (Figure 5).
+      layer-wise study (Figure 5). Their features come from one pass of the
+      backbone over the data.
     train_split, eval_split: splits of the source.
     fraction: low-data regime, e.g. 0.1 or 0.05 of each class of the training
       split (Figure 7).
@@ -101,47 +145,70 @@ def linear_eval(workdir, *, data_dir=None, protocol="lbfgs",
   Returns:
     The list of result entries added to workdir/results.json (see `entry`).
   """
-  layers, settings = _check_settings(
-      protocol, layers, train_split, eval_split, fraction, batch_size,
-      max_iter, l2, max_features, sgd_kwargs, precondition, data_dir,
-      export_dir)
-  export_dir = export_dir or os.path.join(workdir, "export")
+  return run(workdir, EvalSettings(
+      protocol=protocol, layers=layers, train_split=train_split,
+      eval_split=eval_split, fraction=fraction, batch_size=batch_size,
+      max_iter=max_iter, l2=l2, max_features=max_features,
+      sgd_kwargs=sgd_kwargs, precondition=precondition, data_dir=data_dir,
+      export_dir=export_dir))
+
+
+def run(workdir, settings: EvalSettings):
+  """`linear_eval` with its settings as one `EvalSettings`."""
+  export_dir = settings.export_dir or os.path.join(workdir, "export")
   info = export_lib.load_info(export_dir)
-  for layer in layers:
+  for layer in settings.layers:
     if layer not in info["endpoints"]:
       raise checks.ConfigError(
           f"linear_eval.layers contains {layer!r}, which is invalid: expected "
           f"endpoints of the exported {info['backbone']}, from "
           f"{info['endpoints']}.")
-  source = eval_source(workdir, data_dir, fraction)
-  for field, split in (("train_split", train_split),
-                       ("eval_split", eval_split)):
+  source = eval_source(workdir, settings.data_dir, settings.fraction)
+  for field in ("train_split", "eval_split"):
+    split = getattr(settings, field)
     if split not in source.splits:
       raise checks.ConfigError(
           f"linear_eval.{field}={split!r} is invalid: expected a split of "
           f"{source.name!r}, one of {tuple(source.splits)}.")
-  export = dict(export_lib.fingerprint(export_dir), dir=export_dir)
-  num_classes = source.num_classes
+  ctx = _Context(workdir=workdir, export_dir=export_dir, info=info,
+                 export=dict(export_lib.fingerprint(export_dir),
+                             dir=export_dir),
+                 source=source, settings=settings)
+  augment = settings.protocol != "lbfgs" and _augments(settings)
+  prints, export_seconds = {}, 0.0
+  if not augment:  # every layer's features from one pass over the data
+    tic = time.time()
+    prints = cached_features(ctx, settings.layers)
+    export_seconds = time.time() - tic
   results = []
-  for layer in layers:
-    if protocol == "lbfgs":
-      result = _lbfgs(export_dir, info, export, source, layer, train_split,
-                      eval_split, num_classes, workdir, fraction, batch_size,
-                      max_iter, l2, max_features, precondition)
+  for layer in settings.layers:
+    if settings.protocol == "lbfgs":
+      result = _lbfgs(ctx, layer, prints[layer])
     else:
-      result = _sgd(protocol, export_dir, info, export, source, layer,
-                    train_split, eval_split, num_classes, workdir, fraction,
-                    batch_size, l2, max_features, dict(sgd_kwargs or {}))
-    results.append(entry(result, info=info, export=export, source=source,
-                         protocol=protocol, layer=layer,
-                         train_split=train_split, eval_split=eval_split,
-                         fraction=fraction, settings=settings,
+      result = _sgd(ctx, layer, prints.get(layer))
+    if prints:
+      result["export_seconds"] = export_seconds
+    results.append(entry(result, info=info, export=ctx.export,
+                         source=source, protocol=settings.protocol,
+                         layer=layer, train_split=settings.train_split,
+                         eval_split=settings.eval_split,
+                         fraction=settings.fraction,
+                         settings=settings.recorded,
                          pretext=_pretext_accuracy(workdir)))
-    print(f"{info['task']} {info['backbone']} {layer} {protocol} on "
-          f"{source.name}:{eval_split}: top-1 {100 * result['top1']:.2f}% "
-          f"top-5 {100 * result['top5']:.2f}%", flush=True)
+    print(f"{info['task']} {info['backbone']} {layer} {settings.protocol} on "
+          f"{source.name}:{settings.eval_split}: top-1 "
+          f"{100 * result['top1']:.2f}% top-5 {100 * result['top5']:.2f}%",
+          flush=True)
   _record(workdir, results)
   return results
+
+
+def _augments(settings):
+  """Whether an SGD protocol trains through the backbone on augmented
+  images (default for "sgd_linear", as the supplementary) rather than on
+  cached features (default for "mlp")."""
+  return bool((settings.sgd_kwargs or {}).get(
+      "augment", settings.protocol == "sgd_linear"))
 
 
 def _bound(parameter):
@@ -156,22 +223,22 @@ def eval_source(workdir, data_dir=None, fraction=None):
   config.gin, then the evaluation's gin files), or the one the workdir
   recorded in data.json. The data location is `data_dir` if given, else the
   recorded one when the source is the one pretrained on."""
-  recorded = experiment.load_data_record(workdir)
+  recorded = sources.load_data_record(workdir)
   name = _bound("build_source.name")
   if name is None or name is gin.REQUIRED:
     if recorded is None:
       raise checks.ConfigError(
           f"build_source.name is not bound and {workdir} records no data "
-          f"source ({experiment.DATA_RECORD}): expected a binding, e.g. "
+          f"source ({sources.DATA_RECORD}): expected a binding, e.g. "
           "--gin_param=\"build_source.name='imagenet2012'\".")
     record = dict(recorded, fraction=fraction, data_dir=data_dir or
                   recorded.get("data_dir"))
-    return experiment.make_source(experiment.source_record(**record))
+    return sources.make_source(sources.source_record(**record))
   if (not data_dir and recorded and recorded.get("name") == name
       and not _bound("build_source.data_dir")):
     data_dir = recorded.get("data_dir")
   kwargs = {"data_dir": data_dir} if data_dir else {}
-  return experiment.build_source(fraction=fraction, **kwargs)
+  return sources.build_source(fraction=fraction, **kwargs)
 
 
 def _pooling_code():
@@ -201,98 +268,101 @@ def feature_fingerprint(export, source, split, layer, max_features, spec):
   }
 
 
-def cached_features(export_dir, info, export, source, layer, splits, out_dir,
-                    batch_size, max_features):
-  """Exports (or reuses) the features of `splits`; {split: fingerprint}.
+def cached_features(ctx, layers):
+  """Exports (or reuses) the features of both splits for every layer, all
+  layers from one pass of the backbone; {layer: {split: fingerprint}}.
 
   A split cached under another fingerprint is replaced (the log says which
   entries differ); one cached under this fingerprint is kept or resumed.
   """
-  spec = info["eval_specs"]["eval"]
-  prints = {split: feature_fingerprint(export, source, split, layer,
-                                       max_features, spec)
-            for split in splits}
-  for split in splits:
-    features_lib.claim(out_dir, split, prints[split], layer=layer)
-  extract.export_features(export_dir, source, splits, out_dir,
-                          endpoint=layer, batch_size=batch_size,
-                          max_features=max_features, spec=spec)
+  spec = ctx.info["eval_specs"]["eval"]
+  settings = ctx.settings
+  prints = {layer: {split: feature_fingerprint(ctx.export, ctx.source, split,
+                                               layer, settings.max_features,
+                                               spec)
+                    for split in ctx.splits}
+            for layer in layers}
+  for layer in layers:
+    for split in ctx.splits:
+      features_lib.claim(ctx.feature_dir(layer), split, prints[layer][split],
+                         layer=layer)
+  extract.export_features(
+      ctx.export_dir, ctx.source, ctx.splits,
+      {layer: ctx.feature_dir(layer) for layer in layers},
+      endpoint=tuple(layers), batch_size=settings.batch_size,
+      max_features=settings.max_features, spec=spec)
   return prints
 
 
-def _lbfgs(export_dir, info, export, source, layer, train_split, eval_split,
-           num_classes, workdir, fraction, batch_size, max_iter, l2,
-           max_features, precondition):
-  out_dir = extract.feature_dir(workdir, layer, source.name, fraction)
-  tic = time.time()
-  prints = cached_features(export_dir, info, export, source, layer,
-                           (train_split, eval_split), out_dir, batch_size,
-                           max_features)
-  export_seconds = time.time() - tic
-  train_x, train_y = features_lib.read_split(
-      out_dir, train_split, fingerprint=prints[train_split])
-  eval_x, eval_y = features_lib.read_split(
-      out_dir, eval_split, fingerprint=prints[eval_split])
-  fit = lbfgs.fit(train_x, train_y, num_classes, l2=l2, max_iter=max_iter,
-                  precondition=precondition)
-  scores = lbfgs.evaluate(fit, eval_x, np.asarray(eval_y, np.int64))
-  return {"top1": scores["top1"], "top5": scores["top5"],
-          "objective": fit.objective, "iterations": fit.iterations,
-          "converged": fit.converged, "seconds": fit.seconds,
-          "export_seconds": export_seconds, "l2": fit.l2,
-          "dim": int(train_x.shape[1]), "num_train": int(train_x.shape[0]),
-          "num_eval": int(eval_x.shape[0]), "features": out_dir,
+def _cache_record(ctx, layer, prints):
+  return {"features": ctx.feature_dir(layer),
           "features_sha256": {k: features_lib.fingerprint_sha256(v)
                               for k, v in prints.items()}}
 
 
-def _sgd(protocol, export_dir, info, export, source, layer, train_split,
-         eval_split, num_classes, workdir, fraction, batch_size, l2,
-         max_features, kwargs):
-  """SGD linear (on the fly, with the paper's augmentation) or MLP heads.
+def _lbfgs(ctx, layer, prints):
+  settings = ctx.settings
+  out_dir = ctx.feature_dir(layer)
+  train_split, eval_split = ctx.splits
+  train_x, train_y = features_lib.read_split(
+      out_dir, train_split, fingerprint=prints[train_split])
+  eval_x, eval_y = features_lib.read_split(
+      out_dir, eval_split, fingerprint=prints[eval_split])
+  fit = lbfgs.fit(train_x, train_y, ctx.source.num_classes, l2=settings.l2,
+                  max_iter=settings.max_iter,
+                  precondition=settings.precondition)
+  scores = lbfgs.evaluate(fit, eval_x, np.asarray(eval_y, np.int64))
+  return {"top1": scores["top1"], "top5": scores["top5"],
+          "objective": fit.objective, "iterations": fit.iterations,
+          "converged": fit.converged, "seconds": fit.seconds, "l2": fit.l2,
+          "dim": int(train_x.shape[1]), "num_train": int(train_x.shape[0]),
+          "num_eval": int(eval_x.shape[0]),
+          **_cache_record(ctx, layer, prints)}
 
-  `kwargs` go to `sgd.train_head` (epochs, decay_epochs, batch_size, ...)
-  plus `augment`: train through the frozen backbone on augmented images
-  (default for "sgd_linear", as in the supplementary) rather than on cached
-  features (default for "mlp").
+
+def _sgd(ctx, layer, prints):
+  """SGD linear (on the fly, with the paper's augmentation) or MLP heads
+  (on the cached features: `prints` is their fingerprints).
+
+  `sgd_kwargs` go to `sgd.train_head` (epochs, decay_epochs, batch_size,
+  ...) plus `augment` (see `_augments`).
   """
-  head = "linear" if protocol == "sgd_linear" else "mlp"
-  augment = kwargs.pop("augment", head == "linear")
-  config = sgd.paper_config(head, patch_based=info["patch_based"])
+  settings = ctx.settings
+  head = "linear" if settings.protocol == "sgd_linear" else "mlp"
+  kwargs = dict(settings.sgd_kwargs or {})
+  kwargs.pop("augment", None)
+  config = sgd.paper_config(head, patch_based=ctx.info["patch_based"])
   config.update(kwargs)
   seed = config.pop("seed", 0)
-  extra = {}
-  if augment:
-    backbone = export_lib.load_backbone(export_dir)
+  train_split, eval_split = ctx.splits
+  common = dict(num_classes=ctx.source.num_classes, l2=settings.l2, seed=seed,
+                **config)
+  if prints is None:
+    backbone = export_lib.load_backbone(ctx.export_dir)
     backbone.trainable = False
-    specs = info["eval_specs"]
+    specs = ctx.info["eval_specs"]
     train_data = data_lib.make_pipeline(
-        source, train_split, specs["train"], batch_size=config["batch_size"],
-        training=True, seed=seed, repeat=1)
+        ctx.source, train_split, specs["train"],
+        batch_size=config["batch_size"], training=True, seed=seed, repeat=1)
     eval_data = data_lib.make_pipeline(
-        source, eval_split, specs["eval"], batch_size=batch_size,
+        ctx.source, eval_split, specs["eval"], batch_size=settings.batch_size,
         training=False)
     result = sgd.train_head(head, train_data=train_data, eval_data=eval_data,
-                            num_classes=num_classes, l2=l2, backbone=backbone,
-                            endpoint=layer, seed=seed, **config)
+                            backbone=backbone, endpoint=layer,
+                            max_features=settings.max_features, **common)
+    extra = {}
   else:
-    out_dir = extract.feature_dir(workdir, layer, source.name, fraction)
-    prints = cached_features(export_dir, info, export, source, layer,
-                             (train_split, eval_split), out_dir, batch_size,
-                             max_features)
+    out_dir = ctx.feature_dir(layer)
     train_data = features_lib.dataset(
         out_dir, train_split, config["batch_size"], shuffle_buffer=10_000,
         seed=seed, fingerprint=prints[train_split])
-    eval_data = features_lib.dataset(out_dir, eval_split, batch_size,
+    eval_data = features_lib.dataset(out_dir, eval_split, settings.batch_size,
                                      fingerprint=prints[eval_split])
     result = sgd.train_head(head, train_data=train_data, eval_data=eval_data,
-                            num_classes=num_classes, l2=l2, seed=seed,
-                            **config)
-    extra = {"features": out_dir,
-             "features_sha256": {k: features_lib.fingerprint_sha256(v)
-                                 for k, v in prints.items()}}
+                            **common)
+    extra = _cache_record(ctx, layer, prints)
   result.pop("model", None)
-  result["augment"] = bool(augment)
+  result["augment"] = prints is None
   result.update(extra)
   return result
 
@@ -342,7 +412,5 @@ def _record(workdir, results):
       entries = json.load(f)
   new = {r["key"] for r in results}
   entries = [e for e in entries if e.get("key") not in new] + results
-  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-    json.dump(entries, f, indent=2, default=str)
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+  files.atomic_write(path, json.dumps(entries, indent=2, default=str))
   logging.info("Results written to %s.", path)

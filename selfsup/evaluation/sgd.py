@@ -38,11 +38,18 @@ Inputs come in two modes:
            and `train_data` yielding {"image", "label"} batches from
            `selfsup.data.make_pipeline` with the export's evaluation spec
            (smaller side 256, random 224 crop in training). Images [B, H, W, 3]
-           or patches [B, P, h, w, 3]; a patch model's representation is the
-           mean over the P patches. The backbone runs with training=False,
-           outside the gradient tape.
+           or patches [B, P, h, w, 3]. The representation is the feature
+           export's own (`selfsup.evaluation.extract.representation`: spatial
+           endpoints max-pooled on the adaptive grid, patch models averaged
+           over the P patches), so both modes see the same features. The
+           backbone runs with training=False, outside the gradient tape.
+
+`train_head` = `resolve_config` (the paper's values for what is not given)
++ `build_head` (model and optimizer) + `fit_head` (the epochs) +
+`evaluate_head` (top-1, top-5).
 """
 import contextlib
+import dataclasses
 import math
 import numbers
 import time
@@ -53,8 +60,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from selfsup.evaluation import lbfgs
-from selfsup.train import schedules
+from selfsup.core import schedules
+from selfsup.evaluation import extract, lbfgs
 
 HEADS = ("linear", "mlp")
 MOMENTUM = 0.9
@@ -64,7 +71,6 @@ LINEAR_BATCH_SIZE = 2048        # Rotation, Exemplar (section 4.7)
 PATCH_LINEAR_BATCH_SIZE = 1024  # Jigsaw, Relative Patch Location
 MLP_BATCH_SIZE = 512
 LINEAR_FIRST_DECAYS = (30, 120, 480)  # the three schedules of Figure 8
-SPATIAL_POOLS = (None, "avg")
 # Tag of the in-graph label check, to turn its error into a ValueError.
 _LABEL_ERROR = "selfsup.evaluation.sgd: label out of range"
 
@@ -162,71 +168,6 @@ def learning_rate_schedule(base_lr, batch_size, steps_per_epoch, decay_epochs,
       reference_batch=256 if scale_lr else batch_size)
 
 
-def _endpoint_spec(backbone, endpoint):
-  """The static shape of `endpoint` among the backbone's outputs."""
-  outputs = backbone.output
-  if not isinstance(outputs, dict):
-    raise ValueError(f"backbone must return a dict of named endpoints, got "
-                     f"outputs {outputs!r}.")
-  if endpoint not in outputs:
-    raise ValueError(f"endpoint={endpoint!r} is not an output of the backbone;"
-                     f" expected one of {sorted(outputs)}.")
-  return tuple(outputs[endpoint].shape)  # KerasTensor shapes are tuples
-
-
-def _check_endpoint_rank(endpoint, rank, spatial_pool):
-  if rank == 2 or (rank == 4 and spatial_pool == "avg"):
-    return
-  if rank == 4:
-    raise ValueError(
-        f"endpoint {endpoint!r} is spatial (4-D): pass spatial_pool='avg' for "
-        f"global average pooling, or export features (adaptive max pooling, "
-        f"as for L-BFGS) and train on the cache; pre_logits needs neither.")
-  raise ValueError(f"endpoint {endpoint!r} has rank {rank}: expected a 2-D "
-                   f"[batch, features] or 4-D [batch, h, w, channels] output.")
-
-
-def representation(backbone, images, endpoint="pre_logits", *,
-                   spatial_pool=None):
-  """The frozen representation [B, D] float32 of images or patches.
-
-  Args:
-    backbone: keras.Model mapping images to a dict of endpoints; run with
-      training=False (batch norm uses its moving statistics, no update).
-    images: [B, H, W, C], or [B, P, h, w, C] patches whose representations are
-      averaged over P (supplementary section 2).
-    endpoint: name of a 2-D endpoint; a 4-D one needs `spatial_pool`.
-    spatial_pool: None, or "avg" to average a spatial endpoint over height and
-      width. This is NOT the adaptive max pooling of the feature export, so
-      the two modes differ on spatial endpoints; they agree on pre_logits.
-
-  Returns:
-    [B, D] float32, cut from the gradient.
-  """
-  _check_choice("spatial_pool", spatial_pool, SPATIAL_POOLS)
-  images = tf.convert_to_tensor(images)
-  rank = images.shape.rank
-  if rank not in (4, 5):
-    raise ValueError(f"images must be [B, H, W, C] or patches [B, P, h, w, C],"
-                     f" got shape {images.shape}.")
-  if rank == 5:
-    shape = tf.shape(images)
-    images = tf.reshape(images, tf.concat([[-1], shape[2:]], axis=0))
-  outputs = backbone(images, training=False)
-  if not isinstance(outputs, dict) or endpoint not in outputs:
-    keys = sorted(outputs) if isinstance(outputs, dict) else outputs
-    raise ValueError(f"endpoint={endpoint!r} is not an output of the backbone;"
-                     f" expected one of {keys}.")
-  rep = outputs[endpoint]
-  _check_endpoint_rank(endpoint, rep.shape.rank, spatial_pool)
-  rep = tf.cast(rep, tf.float32)
-  if rep.shape.rank == 4:
-    rep = tf.reduce_mean(rep, axis=[1, 2])
-  if rank == 5:
-    rep = tf.reduce_mean(tf.reshape(rep, [shape[0], shape[1], -1]), axis=1)
-  return tf.stop_gradient(rep)
-
-
 def _input_specs(data, name, key):
   """(input spec, label spec) of a dataset of (x, y) or {key, "label"}."""
   if not isinstance(data, tf.data.Dataset):
@@ -307,6 +248,191 @@ def _evaluate(eval_step, data, key, num_classes):
               num_eval_examples=int(n))
 
 
+@dataclasses.dataclass
+class HeadConfig:
+  """The schedule and size of one head's training (see `train_head`)."""
+  head: str
+  epochs: int
+  decay_epochs: Sequence[float]
+  base_lr: float
+  scale_lr: bool
+  steps_per_epoch: Optional[int] = None
+  batch_size: Optional[int] = None
+  eval_every_epochs: Optional[int] = None
+  seed: Optional[int] = None
+
+
+def resolve_config(head="linear", *, epochs=None, decay_epochs=None,
+                   base_lr=None, scale_lr=None, steps_per_epoch=None,
+                   batch_size=None, eval_every_epochs=None,
+                   seed=None) -> HeadConfig:
+  """A checked `HeadConfig`: the paper's value (`paper_config`) for every
+  setting left None."""
+  _check_choice("head", head, HEADS)
+  paper = paper_config(head)
+  return HeadConfig(
+      head=head,
+      epochs=_check_int("epochs", paper["epochs"] if epochs is None
+                        else epochs),
+      decay_epochs=tuple(paper["decay_epochs"] if decay_epochs is None
+                         else decay_epochs),
+      base_lr=paper["base_lr"] if base_lr is None else base_lr,
+      scale_lr=paper["scale_lr"] if scale_lr is None else bool(scale_lr),
+      steps_per_epoch=_check_int("steps_per_epoch", steps_per_epoch,
+                                 optional=True),
+      batch_size=_check_int("batch_size", batch_size, optional=True),
+      eval_every_epochs=_check_int("eval_every_epochs", eval_every_epochs,
+                                   optional=True),
+      seed=seed)
+
+
+@dataclasses.dataclass
+class _Inputs:
+  """How batches become (features, labels): cached features or images
+  through a frozen backbone."""
+  key: str
+  input_dim: int
+  features_of: Callable
+
+
+def _inputs(train_data, eval_data, input_dim, backbone, endpoint,
+            max_features):
+  on_the_fly = backbone is not None
+  if on_the_fly and not isinstance(backbone, keras.Model):
+    raise ValueError(f"backbone must be a keras.Model, got {type(backbone)}.")
+  x_spec = _check_data(train_data, "train_data", on_the_fly)
+  _check_data(eval_data, "eval_data", on_the_fly)
+  if int(eval_data.cardinality()) == tf.data.INFINITE_CARDINALITY:
+    raise ValueError("eval_data repeats forever: expected one finite pass.")
+  if on_the_fly:
+    if not x_spec.shape[1:].is_fully_defined():
+      raise ValueError(f"train_data's images need a static shape to size "
+                       f"the representation, got {x_spec.shape}.")
+    # One image through the backbone sizes the (pooled) representation.
+    dummy = tf.zeros([1, *x_spec.shape[1:]], tf.float32)
+    found = int(extract.representation(backbone, dummy, endpoint,
+                                       max_features).shape[-1])
+    source = f"the backbone's endpoint {endpoint!r}"
+
+    def features_of(x):
+      return tf.stop_gradient(extract.representation(
+          backbone, tf.cast(x, tf.float32), endpoint, max_features))
+  else:
+    found, source = x_spec.shape[-1], "train_data's features"
+
+    def features_of(x):
+      return tf.cast(x, tf.float32)
+  if input_dim is None and found is None:
+    raise ValueError(f"cannot infer input_dim from {source}: pass it.")
+  input_dim = _check_int("input_dim", found if input_dim is None else input_dim)
+  if found is not None and found != input_dim:
+    raise ValueError(f"input_dim={input_dim} but {source} has {found} "
+                     f"features.")
+  return _Inputs("image" if on_the_fly else "features", input_dim,
+                 features_of)
+
+
+def build_head(config: HeadConfig, num_classes, input_dim, l2,
+               steps_per_epoch, batch_size):
+  """The head (`make_head`) and its SGD optimizer with the step decay,
+  slots built (outside any tf.function)."""
+  model = make_head(config.head, num_classes, input_dim, l2, seed=config.seed)
+  optimizer = keras.optimizers.SGD(
+      learning_rate=learning_rate_schedule(
+          config.base_lr, batch_size, steps_per_epoch, config.decay_epochs,
+          config.scale_lr),
+      momentum=MOMENTUM)
+  optimizer.build(model.trainable_variables)
+  return model, optimizer
+
+
+def _eval_step(model, inputs, num_classes):
+  @tf.function(reduce_retracing=True)
+  def eval_step(x, y):
+    logits = model(inputs.features_of(x), training=False)
+    y = _checked_labels(y, num_classes)
+    # Rank of the true class; ties count in the model's favour, as in
+    # lbfgs.evaluate and tf.math.in_top_k.
+    true = tf.gather(logits, y, batch_dims=1)
+    rank = tf.reduce_sum(tf.cast(logits > true[:, None], tf.int32), axis=1)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y,
+                                                        logits=logits)
+    count = lambda t: tf.reduce_sum(tf.cast(t, tf.float32))
+    return count(rank < 1), count(rank < 5), count(tf.ones_like(y)), count(ce)
+  return eval_step
+
+
+def evaluate_head(model, eval_data, inputs: _Inputs, num_classes):
+  """Top-1/top-5 accuracy and mean cross-entropy of `model` over one pass
+  of `eval_data`."""
+  return _evaluate(_eval_step(model, inputs, num_classes), eval_data,
+                   inputs.key, num_classes)
+
+
+def fit_head(model, optimizer, batches, config: HeadConfig, inputs: _Inputs,
+             num_classes, steps_per_epoch, *, eval_data=None,
+             log=logging.info):
+  """Runs `config.epochs` epochs of `steps_per_epoch` SGD steps over the
+  (features or images, labels) `batches` iterator; returns the history
+  (per epoch: epoch, lr at its start, train_loss, seconds; top1/top5 where
+  evaluated every `config.eval_every_epochs`)."""
+
+  @tf.function(reduce_retracing=True)
+  def train_step(x, y):
+    feats = inputs.features_of(x)
+    y = _checked_labels(y, num_classes)
+    with tf.GradientTape() as tape:
+      logits = model(feats, training=True)
+      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels=y, logits=logits))
+      if model.losses:
+        loss += tf.add_n(model.losses)
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+
+  eval_step = _eval_step(model, inputs, num_classes)
+  history, start, epochs = [], time.perf_counter(), config.epochs
+  every = config.eval_every_epochs
+  with _label_errors("train_data", num_classes):
+    for epoch in range(1, epochs + 1):
+      lr = float(optimizer.learning_rate)
+      losses = [train_step(*next(batches)) for _ in range(steps_per_epoch)]
+      train_loss = float(tf.add_n(losses)) / len(losses)
+      if not math.isfinite(train_loss):
+        raise FloatingPointError(f"the objective is {train_loss} in epoch "
+                                 f"{epoch} at lr {lr:.3g}: lower base_lr.")
+      entry = dict(epoch=epoch, lr=lr, train_loss=train_loss,
+                   seconds=time.perf_counter() - start)
+      # The last epoch is evaluated once, by the caller.
+      if (every and epoch % every == 0 and epoch < epochs
+          and eval_data is not None):
+        scores = _evaluate(eval_step, eval_data, inputs.key, num_classes)
+        entry.update(top1=scores["top1"], top5=scores["top5"])
+      history.append(entry)
+      log(f"sgd epoch {epoch}/{epochs}: loss {train_loss:.4f}, lr {lr:.3g}"
+          + (f", top1 {entry['top1']:.4f}" if "top1" in entry else "")
+          + f" ({entry['seconds']:.1f}s)")
+  return history
+
+
+def _batches(train_data, key):
+  """An endless iterator of (x, y) and the first batch's size."""
+  it = iter(train_data.repeat())
+  try:
+    first = _split(next(it), key)
+  except StopIteration:
+    raise ValueError("train_data is empty: expected at least one batch.") \
+        from None
+
+  def chain():
+    yield first
+    for batch in it:
+      yield _split(batch, key)
+
+  return chain(), int(tf.shape(first[1])[0])
+
+
 def train_head(head="linear", *, train_data: tf.data.Dataset,
                eval_data: tf.data.Dataset, num_classes: int,
                input_dim: Optional[int] = None, epochs: Optional[int] = None,
@@ -317,7 +443,8 @@ def train_head(head="linear", *, train_data: tf.data.Dataset,
                scale_lr: Optional[bool] = None, l2: Optional[float] = None,
                backbone: Optional[keras.Model] = None,
                endpoint: str = "pre_logits",
-               spatial_pool: Optional[str] = None, seed: Optional[int] = None,
+               max_features: int = extract.MAX_FEATURES,
+               seed: Optional[int] = None,
                eval_every_epochs: Optional[int] = None,
                log: Callable[[str], None] = logging.info) -> dict:
   """Trains a linear or MLP head with SGD and evaluates it.
@@ -345,7 +472,8 @@ def train_head(head="linear", *, train_data: tf.data.Dataset,
       `default_l2(head, ...)`: linear 0 (the authors' code), mlp 100 / (M * C).
     backbone: frozen keras.Model for on-the-fly training; None for features.
     endpoint: the backbone output used as representation.
-    spatial_pool: None or "avg", for a 4-D endpoint (see `representation`).
+    max_features: a spatial endpoint is max-pooled to about this many
+      features, as in the feature export.
     seed: seeds the head's initialisation and dropout.
     eval_every_epochs: also evaluate every this many epochs (into history).
     log: called with one line per epoch.
@@ -361,134 +489,35 @@ def train_head(head="linear", *, train_data: tf.data.Dataset,
       labels outside [0, num_classes), a dimension mismatch.
     FloatingPointError: the objective became NaN or infinite.
   """
-  _check_choice("head", head, HEADS)
   num_classes = _check_int("num_classes", num_classes, minimum=2)
-  _check_choice("spatial_pool", spatial_pool, SPATIAL_POOLS)
-  config = paper_config(head)
-  epochs = _check_int("epochs", config["epochs"] if epochs is None else epochs)
-  if decay_epochs is None:
-    decay_epochs = config["decay_epochs"]
-  base_lr = config["base_lr"] if base_lr is None else base_lr
-  scale_lr = config["scale_lr"] if scale_lr is None else bool(scale_lr)
-  steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch,
-                               optional=True)
-  batch_size = _check_int("batch_size", batch_size, optional=True)
-  eval_every_epochs = _check_int("eval_every_epochs", eval_every_epochs,
-                                 optional=True)
-  on_the_fly = backbone is not None
-  if on_the_fly and not isinstance(backbone, keras.Model):
-    raise ValueError(f"backbone must be a keras.Model, got {type(backbone)}.")
-
-  x_spec = _check_data(train_data, "train_data", on_the_fly)
-  _check_data(eval_data, "eval_data", on_the_fly)
-  if int(eval_data.cardinality()) == tf.data.INFINITE_CARDINALITY:
-    raise ValueError("eval_data repeats forever: expected one finite pass.")
-  if on_the_fly:
-    shape = _endpoint_spec(backbone, endpoint)
-    _check_endpoint_rank(endpoint, len(shape), spatial_pool)
-    found, source = shape[-1], f"the backbone's endpoint {endpoint!r}"
-  else:
-    found, source = x_spec.shape[-1], "train_data's features"
-  if input_dim is None and found is None:
-    raise ValueError(f"cannot infer input_dim from {source}: pass it.")
-  input_dim = _check_int("input_dim", found if input_dim is None else input_dim)
-  if found is not None and found != input_dim:
-    raise ValueError(f"input_dim={input_dim} but {source} has {found} "
-                     f"features.")
-
-  if steps_per_epoch is None:
-    steps_per_epoch = _steps_per_epoch(train_data, log)
-  key = "image" if on_the_fly else "features"
-  batches = iter(train_data.repeat())
-  try:
-    first = _split(next(batches), key)
-  except StopIteration:
-    raise ValueError("train_data is empty: expected at least one batch.") \
-        from None
-  actual_batch = int(tf.shape(first[1])[0])
-  if batch_size is None:
-    batch_size = actual_batch
-  elif batch_size != actual_batch:
+  config = resolve_config(
+      head, epochs=epochs, decay_epochs=decay_epochs, base_lr=base_lr,
+      scale_lr=scale_lr, steps_per_epoch=steps_per_epoch,
+      batch_size=batch_size, eval_every_epochs=eval_every_epochs, seed=seed)
+  inputs = _inputs(train_data, eval_data, input_dim, backbone, endpoint,
+                   max_features)
+  steps = config.steps_per_epoch or _steps_per_epoch(train_data, log)
+  batches, actual_batch = _batches(train_data, inputs.key)
+  batch_size = config.batch_size or actual_batch
+  if batch_size != actual_batch:
     log(f"sgd: scaling the rate for batch_size={batch_size}, but the first "
         f"training batch holds {actual_batch} examples.")
-
-  l2 = _check_l2(l2, input_dim, num_classes, head)
-  model = make_head(head, num_classes, input_dim, l2, seed=seed)
-  optimizer = keras.optimizers.SGD(
-      learning_rate=learning_rate_schedule(base_lr, batch_size,
-                                           steps_per_epoch, decay_epochs,
-                                           scale_lr),
-      momentum=MOMENTUM)
-  # Built outside tf.function: the slots must not be created while tracing.
-  optimizer.build(model.trainable_variables)
-
-  def features_of(x):
-    if on_the_fly:
-      return representation(backbone, x, endpoint, spatial_pool=spatial_pool)
-    return tf.cast(x, tf.float32)
-
-  @tf.function(reduce_retracing=True)
-  def train_step(x, y):
-    feats = features_of(x)
-    y = _checked_labels(y, num_classes)
-    with tf.GradientTape() as tape:
-      logits = model(feats, training=True)
-      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-          labels=y, logits=logits))
-      if model.losses:
-        loss += tf.add_n(model.losses)
-    grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return loss
-
-  @tf.function(reduce_retracing=True)
-  def eval_step(x, y):
-    logits = model(features_of(x), training=False)
-    y = _checked_labels(y, num_classes)
-    # Rank of the true class; ties count in the model's favour, as in
-    # lbfgs.evaluate and tf.math.in_top_k.
-    true = tf.gather(logits, y, batch_dims=1)
-    rank = tf.reduce_sum(tf.cast(logits > true[:, None], tf.int32), axis=1)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y,
-                                                        logits=logits)
-    count = lambda t: tf.reduce_sum(tf.cast(t, tf.float32))
-    return count(rank < 1), count(rank < 5), count(tf.ones_like(y)), count(ce)
-
-  log(f"sgd: {head} head on {input_dim} features, {num_classes} classes, "
-      f"{epochs} epochs of {steps_per_epoch} steps, batch {batch_size}, "
-      f"l2 {l2:.3g}, lr {optimizer.learning_rate.numpy():.3g} decayed x0.1 "
-      f"after epochs {tuple(decay_epochs)}.")
-  history, start = [], time.perf_counter()
-  with _label_errors("train_data", num_classes):
-    for epoch in range(1, epochs + 1):
-      lr = float(optimizer.learning_rate)
-      losses = []
-      for _ in range(steps_per_epoch):
-        if first is not None:
-          batch, first = first, None
-        else:
-          batch = _split(next(batches), key)
-        losses.append(train_step(*batch))
-      train_loss = float(tf.add_n(losses)) / len(losses)
-      if not math.isfinite(train_loss):
-        raise FloatingPointError(f"the objective is {train_loss} in epoch "
-                                 f"{epoch} at lr {lr:.3g}: lower base_lr.")
-      entry = dict(epoch=epoch, lr=lr, train_loss=train_loss,
-                   seconds=time.perf_counter() - start)
-      # The last epoch is evaluated once, after the loop.
-      if (eval_every_epochs and epoch % eval_every_epochs == 0
-          and epoch < epochs):
-        scores = _evaluate(eval_step, eval_data, key, num_classes)
-        entry.update(top1=scores["top1"], top5=scores["top5"])
-      history.append(entry)
-      log(f"sgd epoch {epoch}/{epochs}: loss {train_loss:.4f}, lr {lr:.3g}"
-          + (f", top1 {entry['top1']:.4f}" if "top1" in entry else "")
-          + f" ({entry['seconds']:.1f}s)")
-  scores = _evaluate(eval_step, eval_data, key, num_classes)
+  l2 = _check_l2(l2, inputs.input_dim, num_classes, head)
+  model, optimizer = build_head(config, num_classes, inputs.input_dim, l2,
+                                steps, batch_size)
+  log(f"sgd: {head} head on {inputs.input_dim} features, {num_classes} "
+      f"classes, {config.epochs} epochs of {steps} steps, batch "
+      f"{batch_size}, l2 {l2:.3g}, lr {optimizer.learning_rate.numpy():.3g} "
+      f"decayed x0.1 after epochs {tuple(config.decay_epochs)}.")
+  start = time.perf_counter()
+  history = fit_head(model, optimizer, batches, config, inputs, num_classes,
+                     steps, eval_data=eval_data, log=log)
+  scores = evaluate_head(model, eval_data, inputs, num_classes)
   history[-1].update(top1=scores["top1"], top5=scores["top5"])
   seconds = time.perf_counter() - start
   log(f"sgd: {head} head top1 {scores['top1']:.4f}, top5 "
-      f"{scores['top5']:.4f} after {epochs} epochs ({seconds:.1f}s).")
-  return dict(scores, train_loss=history[-1]["train_loss"], epochs=epochs,
-              steps_per_epoch=steps_per_epoch, batch_size=batch_size, l2=l2,
-              seconds=seconds, history=history, model=model)
+      f"{scores['top5']:.4f} after {config.epochs} epochs ({seconds:.1f}s).")
+  return dict(scores, train_loss=history[-1]["train_loss"],
+              epochs=config.epochs, steps_per_epoch=steps,
+              batch_size=batch_size, l2=l2, seconds=seconds, history=history,
+              model=model)

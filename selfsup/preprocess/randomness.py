@@ -19,7 +19,7 @@ only, because they draw one random choice for the whole batch.
 """
 import tensorflow as tf
 
-SEED_KEY = "_seed"
+from selfsup.core.keys import SEED_KEY
 _SEED_MAX = 2**62
 
 

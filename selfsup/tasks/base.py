@@ -1,9 +1,17 @@
 """A pretext task: preprocessing specs, a backbone (+ head) and a loss.
 
+Everything that makes a task lives on its class: its pretext specs
+(`pretext_specs`), the downstream specs its representation needs
+(`evaluation_specs`), whether it works on patches (`patch_based`), its
+model and its loss. Lower layers (preprocess, data) know ops and sources,
+never task names.
+
 A task knows nothing of strategies or optimizers: `step(batch, training)`
 runs on one replica's batch and returns the replica's mean loss and metrics;
 the trainer scales, all-reduces and applies them.
 """
+import inspect
+
 import keras
 import tensorflow as tf
 
@@ -15,15 +23,15 @@ class Task:
   """Base class. Subclasses set `name` and implement `_build` and `step`.
 
   Args:
-    backbone: a name of `selfsup.models.list()`.
+    backbone: a name of `selfsup.models.BACKBONES`.
     width: widening factor k.
     image_size: side of the images the backbone sees (for patch tasks, the
       side of a patch).
     weight_decay: L2 decay of the backbone and head kernels.
     backbone_kwargs: more arguments for the backbone (e.g.
       representation_size, skip_connections).
-    spec_kwargs: arguments for `selfsup.preprocess.specs.task_specs`; by
-      default the paper's sizes for `image_size`.
+    spec_kwargs: arguments of the task's `pretext_specs`; by default the
+      paper's sizes for `image_size`.
   """
 
   name = None
@@ -31,28 +39,48 @@ class Task:
 
   def __init__(self, backbone="resnet50_v2", width=4, image_size=224,
                weight_decay=1e-4, backbone_kwargs=None, spec_kwargs=None):
-    if backbone not in selfsup.models.list():
+    if backbone not in selfsup.models.BACKBONES:
       raise ValueError(f"Unknown backbone {backbone!r} for task {self.name!r}: "
-                       f"expected one of {selfsup.models.list()}.")
+                       f"expected one of {selfsup.models.BACKBONES.names()}.")
     self.backbone_name = backbone
     self.width = width
     self.image_size = int(image_size)
     self.weight_decay = weight_decay
     self.backbone_kwargs = dict(backbone_kwargs or {})
-    self.specs = specs_lib.task_specs(self.name, **self._spec_kwargs(
-        dict(spec_kwargs or {})))
+    self.specs = self._make_specs(self._spec_kwargs(dict(spec_kwargs or {})))
     specs_lib.check(self.specs)
     self.backbone = None
     self.head = None
     self.metric_names = None  # the keys of `step`'s metrics, once built
 
+  @classmethod
+  def pretext_specs(cls, **kwargs):
+    """The task's pretext preprocessing: {"train", "eval", "batch"} specs."""
+    raise NotImplementedError  # each task defines its preprocessing
+
+  @classmethod
+  def evaluation_specs(cls, image_size):
+    """Downstream specs (representation extraction, linear evaluation) of a
+    backbone trained by this task on `image_size` images."""
+    return specs_lib.linear_eval_specs(size=image_size)
+
   def _spec_kwargs(self, kwargs):
     kwargs.setdefault("size", self.image_size)
     return kwargs
 
+  def _make_specs(self, kwargs):
+    params = inspect.signature(self.pretext_specs).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+      raise ValueError(f"Task {self.name!r} takes no spec argument "
+                       f"{', '.join(map(repr, unknown))}: expected some of "
+                       f"{sorted(params)}.")
+    return self.pretext_specs(**kwargs)
+
   def _backbone(self, num_classes, sync_batch_norm, patch=False):
     size = self.image_size
-    static = self.backbone_name.startswith("vgg")
+    builder, _ = selfsup.models.BACKBONES.lookup(self.backbone_name)
+    static = getattr(builder, "fixed_input_size", False)
     kwargs = dict(width=self.width, num_classes=num_classes,
                   weight_decay=self.weight_decay, patch=patch,
                   sync_batch_norm=sync_batch_norm,
@@ -94,10 +122,6 @@ class Task:
   def dummy_batch(self, batch_size):
     """A batch of zeros shaped like the training pipeline's output."""
     raise NotImplementedError  # shapes depend on the task
-
-  def images_per_batch(self, batch):
-    """Source images in `batch` (for images/s)."""
-    return tf.shape(batch["image"])[0]
 
 
 def flatten_copies(images, labels=None, keep=3):

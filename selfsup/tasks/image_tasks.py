@@ -1,6 +1,7 @@
 """Whole-image tasks: Rotation, Exemplar and the supervised baseline."""
 import tensorflow as tf
 
+from selfsup.preprocess import specs
 from selfsup.tasks import base
 from selfsup.tasks.losses import pairwise_distances, triplet_semihard_loss
 
@@ -14,6 +15,14 @@ class Rotation(base.Task):
 
   name = "rotation"
   num_classes = 4
+
+  @classmethod
+  def pretext_specs(cls, size=224):
+    """The Inception augmentation at `size`, then 4 rotated copies."""
+    return {"train": specs.join("decode", specs.inception_train(size),
+                                "rotate"),
+            "eval": specs.join(specs.central_eval(size), "rotate"),
+            "batch": ""}
 
   def _build(self, sync_batch_norm):
     self.backbone = self._backbone(self.num_classes, sync_batch_norm)
@@ -33,6 +42,14 @@ class Supervised(base.Task):
   """The fully supervised baseline: classify the images' own labels."""
 
   name = "supervised"
+
+  @classmethod
+  def pretext_specs(cls, size=224):
+    """Random area crop and flip (no colour jitter); central crop to eval."""
+    return {"train": specs.join("decode",
+                                specs.inception_train(size, color=False)),
+            "eval": specs.central_eval(size),
+            "batch": ""}
 
   def __init__(self, num_classes=1000, **kwargs):
     if not isinstance(num_classes, int) or num_classes < 2:
@@ -71,6 +88,25 @@ class Exemplar(base.Task):
   """
 
   name = "exemplar"
+
+  @classmethod
+  def pretext_specs(cls, size=224, copies=8, gray_p=0.0):
+    """`copies` Inception-augmented views of each image.
+
+    gray_p: probability of turning the image grayscale before the copies
+    are made (the authors' code used 0.66; the paper mentions none).
+    """
+    augment = specs.inception_train(size)
+    gray = f"to_gray({specs.num(gray_p)})" if gray_p else ""
+    # The pretext is only a task with distinct views: evaluation keeps the
+    # augmentation (training=True), made repeatable by the pipeline's seed.
+    return {
+        "train": specs.join("decode", gray,
+                            f'exemplar({copies}, spec="{augment}")'),
+        "eval": specs.join(
+            "decode", f'exemplar({copies}, spec="{augment}", training=True)'),
+        "batch": "",
+    }
 
   def __init__(self, copies=8, embedding_size=1000, margin=0.5,
                normalize="embedding", **kwargs):

@@ -14,14 +14,28 @@ Two input formats are accepted, told apart by rank:
 import tensorflow as tf
 
 from selfsup.preprocess import load_permutations, pair_patches, permute_patches
+from selfsup.preprocess import specs
 from selfsup.tasks import base
 
 
-
 class _PatchTask(base.Task):
+  """A task on the 3x3 grid of patches of an image.
+
+  Pretext specs (`pretext_specs` of each task) take `crop` (side of the
+  random square crop split into 3x3 cells), `patch` (side of the patch cut
+  at a random place in each cell), `resize` (default crop * 292/255),
+  `gray_p` and `gray_per_patch` (see `selfsup.preprocess.specs`).
+  """
   patch_based = True
   num_classes = None
   examples_per_image = None
+
+  @classmethod
+  def evaluation_specs(cls, image_size):
+    """The 3x3 grid of `image_size` patches of an image scaled by 255/64:
+    the representation is the average of the patches'."""
+    return specs.patch_representation_specs(
+        size=int(round(image_size * 255 / 64)), patch=image_size)
 
   def __init__(self, image_size=64, embedding_size=1000, hidden_size=4096,
                dropout=0.5, **kwargs):
@@ -85,6 +99,31 @@ class Jigsaw(_PatchTask):
   num_classes = 100
   examples_per_image = 16
 
+  @classmethod
+  def pretext_specs(cls, crop=255, patch=64, resize=None, gray_p=specs.GRAY_P,
+                    gray_per_patch=False, num_perms=16, shared_perms=None,
+                    permute_images=False):
+    """Jigsaw preprocessing (see `_PatchTask` for the patch arguments).
+
+    Args:
+      num_perms: permutations per image (16 in the paper).
+      shared_perms: if set, reproduce the authors' code instead: no
+        per-image permutations; the "batch" spec draws this many (8 in the
+        code) for the whole batch.
+      permute_images: False: image [9, p, p, C] and label [num_perms]; the
+        model permutes the patch embeddings. True: image
+        [num_perms, 9, p, p, C], the permuted copies (16x the memory and
+        backbone work).
+    """
+    permute = "" if permute_images else ", permute=False"
+    if shared_perms is None:
+      pretext, batch = f"jigsaw({num_perms}{permute})", ""
+    else:
+      pretext, batch = "", f"jigsaw_shared({shared_perms}{permute})"
+    return specs.patch_specs(pretext, batch=batch, crop=crop, patch=patch,
+                             resize=resize, gray_p=gray_p,
+                             gray_per_patch=gray_per_patch)
+
   def __init__(self, num_perms=16, shared_perms=None, **kwargs):
     """num_perms: permutations per image (paper: 16); shared_perms: if set,
     the authors' code instead: this many (8) drawn once per batch."""
@@ -113,6 +152,19 @@ class RelativePatchLocation(_PatchTask):
   name = "relative_patch_location"
   num_classes = 8
   examples_per_image = 8
+
+  @classmethod
+  def pretext_specs(cls, crop=255, patch=64, resize=None, gray_p=specs.GRAY_P,
+                    gray_per_patch=False, pair_images=False):
+    """Relative Patch Location preprocessing (see `_PatchTask`).
+
+    pair_images: False: image [9, p, p, C] and label [8] = 0..7; the model
+    pairs the embeddings. True: image [8, 2, p, p, C], the pairs.
+    """
+    pretext = ("relative_patch_location" if pair_images else
+               "relative_patch_location(pairs=False)")
+    return specs.patch_specs(pretext, crop=crop, patch=patch, resize=resize,
+                             gray_p=gray_p, gray_per_patch=gray_per_patch)
 
   def _combine(self, grid_embeddings, labels):
     # Pair l is (neighbour NEIGHBOURS[l], centre); the labels pick the pairs.

@@ -12,7 +12,6 @@ in a fresh workdir, after a checked resume otherwise only at the end, with
 `operative_config.gin` and `pretrain_results.json`. A finished run is left
 as it is.
 """
-import inspect
 import json
 import os
 
@@ -20,21 +19,19 @@ import gin
 import tensorflow as tf
 from absl import logging
 
-import selfsup.data
 import selfsup.tasks
-from selfsup.core import checks
-from selfsup.train import export as export_lib
+from selfsup.core import checks, files
 from selfsup.train.strategy import make_strategy
 from selfsup.train.trainer import TrainConfig, Trainer
+from selfsup.workdir import export as export_lib
+from selfsup.workdir import sources
+from selfsup.workdir.sources import build_source  # noqa: F401 (gin binding)
 
 # Calls must go through the returned wrapper for the bindings to apply.
 ConfiguredTrainConfig = gin.external_configurable(
     TrainConfig, name="TrainConfig", module="selfsup")
 
-DATA_RECORD = "data.json"
 RESULTS = "pretrain_results.json"
-# Sources whose data location is a folder (`root`), not a TFDS data_dir.
-FOLDER_SOURCES = ("places205", "image_folder")
 
 
 @gin.configurable(module="selfsup")
@@ -44,7 +41,7 @@ def build_task(name=gin.REQUIRED, backbone="resnet50_v2", width=4,
   """The pretext task. Whole-image tasks use `image_size`, patch tasks
   (Jigsaw, Relative Patch Location) `patch_size`; `task_kwargs` holds the
   task's own arguments (e.g. `{"copies": 8}` for Exemplar)."""
-  checks.string("build_task.name", name, choices=selfsup.tasks.list())
+  checks.string("build_task.name", name, choices=selfsup.tasks.TASKS.names())
   checks.string("build_task.backbone", backbone)
   checks.positive("build_task.width", width)
   checks.integer("build_task.image_size", image_size, minimum=1)
@@ -54,95 +51,23 @@ def build_task(name=gin.REQUIRED, backbone="resnet50_v2", width=4,
                        ("spec_kwargs", spec_kwargs),
                        ("task_kwargs", task_kwargs)):
     checks.mapping(f"build_task.{field}", value)
-  patch = name in ("jigsaw", "relative_patch_location")
+  patch_based = selfsup.tasks.TASKS.lookup(name)[0].patch_based
   return selfsup.tasks.get(
       name, backbone=backbone, width=width,
-      image_size=patch_size if patch else image_size,
+      image_size=patch_size if patch_based else image_size,
       weight_decay=weight_decay, backbone_kwargs=backbone_kwargs,
       spec_kwargs=spec_kwargs, **dict(task_kwargs or {}))
 
 
-def source_record(name, data_dir=None, fraction=None, subset_seed=0,
-                  source_kwargs=None, binding="build_source"):
-  """The checked arguments of a source as a JSON-able dict: what a workdir
-  records of its data (`data.json`) and `make_source` builds from."""
-  checks.string(f"{binding}.name", name, choices=selfsup.data.list())
-  checks.string(f"{binding}.data_dir", data_dir, optional=True)
-  if fraction is not None:
-    checks.number(f"{binding}.fraction", fraction, minimum=0, maximum=1)
-    if fraction <= 0:
-      raise checks.ConfigError(f"{binding}.fraction={fraction!r} is invalid: "
-                               "expected a number in (0, 1] or None.")
-  checks.integer(f"{binding}.subset_seed", subset_seed, minimum=0)
-  checks.mapping(f"{binding}.source_kwargs", source_kwargs)
-  if data_dir and "://" not in data_dir:
-    data_dir = os.path.abspath(os.path.expanduser(data_dir))
-  return {"name": name, "data_dir": data_dir, "fraction": fraction,
-          "subset_seed": int(subset_seed),
-          "source_kwargs": dict(source_kwargs or {})}
-
-
-def _takes(name, argument):
-  """Whether the builder registered as `name` has a parameter `argument`."""
-  builder = selfsup.data._REGISTRY.get(name)  # pylint: disable=protected-access
-  try:
-    return argument in inspect.signature(builder).parameters
-  except (TypeError, ValueError):
-    return False
-
-
-def make_source(record):
-  """The source a `source_record` describes; `source.record` is the record.
-
-  `data_dir` is the image folder (`root`) of folder sources and the TFDS
-  data_dir of the others; sources that read no files ignore it.
-  """
-  kwargs = dict(record["source_kwargs"])
-  data_dir, name = record["data_dir"], record["name"]
-  if data_dir and name in FOLDER_SOURCES:
-    kwargs.setdefault("root", data_dir)
-  elif data_dir and _takes(name, "data_dir"):
-    kwargs.setdefault("data_dir", data_dir)
-  elif data_dir:
-    logging.warning("Source %r reads no data_dir: %s is ignored.", name,
-                    data_dir)
-  source = selfsup.data.get(name, fraction=record["fraction"],
-                            subset_seed=record["subset_seed"], **kwargs)
-  source.record = dict(record)
-  return source
-
-
-@gin.configurable(module="selfsup")
-def build_source(name=gin.REQUIRED, data_dir=None, fraction=None,
-                 subset_seed=0, source_kwargs=None):
-  """The data source; `data_dir` is normally the --data_dir flag."""
-  return make_source(source_record(name, data_dir, fraction, subset_seed,
-                                   source_kwargs))
-
-
-def load_data_record(workdir):
-  """The source record a workdir was pretrained on, or None."""
-  path = os.path.join(workdir, DATA_RECORD)
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)["source"]
-
-
-def _write(path, text):
-  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-
-
 def _write_records(trainer, operative=False):
   workdir = trainer.workdir
-  _write(os.path.join(workdir, "config.gin"), trainer.gin_config)
-  _write(os.path.join(workdir, DATA_RECORD), json.dumps(
-      {"source": getattr(trainer.source, "record", None)}, indent=2))
+  files.atomic_write(os.path.join(workdir, "config.gin"), trainer.gin_config)
+  files.write_json(os.path.join(workdir, sources.DATA_RECORD),
+                   {"source": getattr(trainer.source, "record", None)},
+                   indent=2)
   if operative:
-    _write(os.path.join(workdir, "operative_config.gin"),
-           gin.operative_config_str())
+    files.atomic_write(os.path.join(workdir, "operative_config.gin"),
+                       gin.operative_config_str())
 
 
 def check_config():
@@ -151,8 +76,10 @@ def check_config():
   build_task()
 
 
-def prepare(workdir, *, data_dir=None, tpu=None, strategy_kind="auto"):
-  """Builds the source, task, strategy and trainer from gin.
+def prepare(workdir, *, source=None, data_dir=None, tpu=None,
+            strategy_kind="auto"):
+  """Builds the task, strategy and trainer (and the source, unless given)
+  from gin.
 
   Everything that can fail on bad input (bindings, data, shapes, a
   checkpoint of another model in the workdir) fails here, before the first
@@ -160,7 +87,8 @@ def prepare(workdir, *, data_dir=None, tpu=None, strategy_kind="auto"):
   """
   config = ConfiguredTrainConfig()
   task = build_task()
-  source = build_source(data_dir=data_dir) if data_dir else build_source()
+  if source is None:
+    source = build_source(data_dir=data_dir) if data_dir else build_source()
   strategy = make_strategy(strategy_kind, tpu=tpu)
   tf.io.gfile.makedirs(workdir)
   trainer = Trainer(task, source, workdir, config, strategy=strategy)
@@ -230,5 +158,5 @@ def run(trainer):
     if not hasattr(trainer, "gin_config"):
       trainer.gin_config = gin.config_str()
     _write_records(trainer, operative=True)
-    _write(os.path.join(workdir, RESULTS), json.dumps(results, indent=2))
+    files.write_json(os.path.join(workdir, RESULTS), results, indent=2)
   return results

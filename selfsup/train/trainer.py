@@ -18,9 +18,10 @@ import tensorflow as tf
 from absl import logging
 
 from selfsup import data as data_lib
-from selfsup.core import checks
-from selfsup.train import checkpoints, export, precision
-from selfsup.train.schedules import WarmupStepDecay
+from selfsup.core import checks, files, precision
+from selfsup.core.schedules import WarmupStepDecay
+from selfsup.train import checkpoints
+from selfsup.workdir import export
 
 
 class TrainingDivergedError(RuntimeError):
@@ -348,7 +349,7 @@ class Trainer:
         drop_remainder=False)
     if num_batches:
       ds = ds.take(num_batches)
-    totals, count, images = {}, 0, 0
+    totals, count = {}, 0
     step = tf.function(lambda b: self.task.step(b, training=False))
     for batch in ds:
       loss, metrics = step(batch)
@@ -356,13 +357,12 @@ class Trainer:
       for k, v in dict(metrics, loss=loss).items():
         totals[k] = totals.get(k, 0.0) + float(v) * n
       count += n
-      images += int(self.task.images_per_batch(batch))
     if not count:
       raise ValueError(f"Split {split!r} of {self.source.name!r} gave no "
                        "evaluation batch: it is empty.")
     logging.info("Pretext evaluation on %s:%s: %d images.", self.source.name,
-                 split, images)
-    return dict({k: v / count for k, v in totals.items()}, images=images)
+                 split, count)
+    return dict({k: v / count for k, v in totals.items()}, images=count)
 
   def export(self):
     """Writes the backbone as .keras and SavedModel under workdir/export;
@@ -370,7 +370,17 @@ class Trainer:
     multi-worker run return None."""
     if not self.is_chief:
       return None
-    return export.export_backbone(self.task, self.workdir, step=self.step)
+    return export_backbone(self.task, self.workdir, step=self.step)
+
+
+def export_backbone(task, workdir, step):
+  """Writes the export of `task.backbone` (without its pretext head) to
+  `workdir/export`, with the task's evaluation specs; returns the folder."""
+  return export.write_export(
+      task.backbone, workdir, task=task.name, backbone_name=task.backbone_name,
+      image_size=task.image_size, patch_based=task.patch_based, step=step,
+      eval_specs=task.evaluation_specs(task.image_size),
+      pretext_eval_specs=task.specs["eval"])
 
 
 def _is_tpu(strategy):
@@ -456,7 +466,5 @@ def _input_seed(workdir, seed, write=True):
     seed = int.from_bytes(os.urandom(4), "little") >> 1
   if write:
     tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-      json.dump({"seed": int(seed)}, f)
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    files.write_json(path, {"seed": int(seed)})
   return int(seed)

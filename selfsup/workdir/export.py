@@ -1,4 +1,8 @@
-"""Exports a trained backbone for evaluation and for other people's code.
+"""The export format: a trained backbone for evaluation and other code.
+
+Written by training (`selfsup.train`) and by `bin/import_tf1`, read by
+evaluation (`selfsup.evaluation`) and `selfsup.Representation`: it sits
+below all of them and imports none of them.
 
 `workdir/export/` holds `backbone.keras` (Keras 3, this package's layers
 registered; the backbone without the pretext head: its endpoints end at
@@ -23,8 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from selfsup.preprocess import specs as specs_lib
-from selfsup.train import precision
+from selfsup.core import files, precision
 
 INFO = "info.json"
 KERAS_FILE = "backbone.keras"
@@ -32,20 +35,6 @@ HEAD_FILE = "head.keras"
 SAVED_MODEL = "saved_model"
 # Scratch folders of a workdir (removed by the next run that starts there).
 TMP = "tmp"
-
-
-def evaluation_specs(task):
-  """The downstream preprocessing matching how `task` saw its images."""
-  return specs_for(task.name, task.image_size, task.patch_based)
-
-
-def specs_for(task_name, image_size, patch_based):
-  """Evaluation specs of a `task_name` backbone that saw `image_size` images
-  (patch tasks: patches of that side, cut from a 255/64 times larger image)."""
-  if patch_based:
-    return specs_lib.evaluation_specs(
-        task_name, size=int(round(image_size * 255 / 64)), patch=image_size)
-  return specs_lib.evaluation_specs(task_name, size=image_size)
 
 
 def _float32_copy(model, head=True):
@@ -124,18 +113,13 @@ def scratch_dir(workdir, prefix):
   return path
 
 
-def export_backbone(task, workdir, step):
-  """Writes the export of `task.backbone`; returns the export directory."""
-  return write_export(
-      task.backbone, workdir, task=task.name, backbone_name=task.backbone_name,
-      image_size=task.image_size, patch_based=task.patch_based, step=step,
-      pretext_eval_specs=task.specs["eval"])
-
-
 def write_export(backbone, workdir, *, task, backbone_name, image_size,
-                 patch_based, step, pretext_eval_specs=None, extra=None):
+                 patch_based, step, eval_specs, pretext_eval_specs=None,
+                 extra=None):
   """Writes `backbone` as `workdir/export` for `task`; returns the folder.
 
+  `eval_specs` are the downstream preprocessing specs of the task
+  (`Task.evaluation_specs`), `pretext_eval_specs` its pretext "eval" spec.
   `extra` adds entries to info.json (e.g. where an imported model came from).
   A `logits` layer of `backbone` (the pretext head) is left out of
   backbone.keras and the SavedModel and written alone as head.keras.
@@ -164,7 +148,6 @@ def write_export(backbone, workdir, *, task, backbone_name, image_size,
   finally:
     if tf.io.gfile.exists(tmp):
       tf.io.gfile.rmtree(tmp)
-  eval_specs = specs_for(task, image_size, patch_based)
   info = {
       "task": task,
       "backbone": backbone_name,
@@ -182,9 +165,7 @@ def write_export(backbone, workdir, *, task, backbone_name, image_size,
       "weights_sha256": weights_sha256(backbone),
       **(extra or {}),
   }
-  with tf.io.gfile.GFile(info_path + ".tmp", "w") as f:
-    json.dump(info, f, indent=2, default=str)
-  tf.io.gfile.rename(info_path + ".tmp", info_path, overwrite=True)
+  files.atomic_write(info_path, json.dumps(info, indent=2, default=str))
   return out
 
 
