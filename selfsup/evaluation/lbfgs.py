@@ -214,8 +214,13 @@ def _replica_sums(x, y, w, b, batch_size: int):
     xb = x[start:start + batch_size]
     yb = y[start:start + batch_size]
     log_p = tf.nn.log_softmax(tf.matmul(xb, w) + b)
-    loss += tf.cast(-tf.reduce_sum(tf.gather(log_p, yb, batch_dims=1)),
-                    tf.float64)
+    # Each example's loss to float64 before the sum: a float32 sum of 4096
+    # losses carries ~1e-7 relative noise, as large as the objective's
+    # change per iteration near the minimum; there it failed L-BFGS-B's line
+    # search (31 evaluations for one iteration, then a restart) on one
+    # rounding path of benchmarks/lbfgs_vs_sklearn.py and not on another.
+    loss -= tf.reduce_sum(tf.cast(tf.gather(log_p, yb, batch_dims=1),
+                                  tf.float64))
     # d CE / d logits = softmax - one_hot: only [batch, C], never [N, C].
     dlogits = tf.exp(log_p) - tf.one_hot(yb, num_classes, dtype=tf.float32)
     # float32 within a batch, float64 across batches: a float32 running sum
@@ -256,8 +261,9 @@ class Objective:
     self._strategy = strategy
     self._x = _distribute(strategy, x)
     self._y = _distribute(strategy, y)
-    self.preconditioner = (_whitening(x, num_classes, l2) if precondition
-                           else None)
+    self.preconditioner = (
+        _whitening(_sample_blocks(x), self.dim, num_classes, l2)
+        if precondition else None)
     split = self.dim * num_classes
     inv_n = 1.0 / self.num_examples
 
@@ -336,7 +342,144 @@ class Objective:
     return float(value), grad.numpy()
 
 
-def _whitening(x, num_classes, l2):
+def _sample_blocks(x):
+  """Evenly spaced blocks of about _PRECONDITION_ROWS_PER_DIM * M rows of x
+  (feature files are often sorted by class)."""
+  n, dim = x.shape
+  block = min(1024, n)
+  blocks = min(-(-_PRECONDITION_ROWS_PER_DIM * dim // block), -(-n // block))
+  gap = (n - block) // max(blocks - 1, 1)
+  for i in range(blocks):
+    yield x[i * gap:i * gap + block]
+
+
+def _memory_rows(source, memory_budget_mb: float, prefetch: int) -> int:
+  """Rows per chunk so that the chunks in flight fit the budget."""
+  per_row = source.chunk_bytes(1, prefetch)
+  rows = int(memory_budget_mb * 2**20 // per_row)
+  if rows < 1:
+    raise ValueError(f"memory_budget_mb={memory_budget_mb} holds no chunk of "
+                     f"one row ({per_row} bytes with prefetch {prefetch}).")
+  return min(rows, source.num_examples)
+
+
+class StreamedObjective:
+  """`Objective` over features that stay on disk (`features.ShardedFeatures`).
+
+  Each evaluation reads the split once in chunks of `chunk_rows` (the next
+  chunk is read in a background thread while TensorFlow computes on this
+  one) and accumulates the same per-batch sums as `Objective` (float32 within
+  a batch, float64 across batches and chunks), so it is the same function to
+  float rounding. Construction reads the split once: labels checked against
+  `num_classes`, features checked finite, and the preconditioner's sample
+  taken from evenly spaced chunks. The default strategy only.
+  """
+
+  def __init__(self, source, num_classes: int, l2: float, *, chunk_rows: int,
+               batch_size: int = DEFAULT_BATCH_SIZE,
+               precondition: bool = False, prefetch: int = 1):
+    self.source = source
+    self.num_examples, self.dim = source.shape
+    self.num_classes = num_classes
+    self.l2 = l2
+    self.chunk_rows = int(chunk_rows)
+    self._prefetch = prefetch
+    num_chunks = sum(-(-e["num_examples"] // self.chunk_rows)
+                     for e in source.meta["shards"])
+    block = min(1024, self.chunk_rows)
+    wanted = -(-_PRECONDITION_ROWS_PER_DIM * self.dim // block)
+    stride = max(1, num_chunks // max(wanted, 1))
+
+    def first_pass():
+      for i, (x, y) in enumerate(source.chunks(self.chunk_rows, prefetch)):
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+          raise ValueError(f"features of {source.where} must be finite; a "
+                           f"row of chunk {i} holds NaN or inf.")
+        if y.min() < 0 or y.max() >= num_classes:
+          raise ValueError(f"labels of {source.where} must lie in [0, "
+                           f"{num_classes}), got values in [{y.min()}, "
+                           f"{y.max()}].")
+        if i % stride == 0:
+          yield x[:block]
+
+    if precondition:
+      self.preconditioner = _whitening(first_pass(), self.dim, num_classes,
+                                       l2)
+    else:
+      self.preconditioner = None
+      for _ in first_pass():
+        pass
+    split = self.dim * num_classes
+    inv_n = 1.0 / self.num_examples
+    dim = self.dim
+    spec = tf.TensorSpec([self.size], tf.float64)
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def params(theta):
+      """(W float32, b float32, W float64) of the model at theta."""
+      if self.preconditioner is None:
+        w64 = tf.reshape(theta[:split], [dim, num_classes])
+        return tf.cast(w64, tf.float32), tf.cast(theta[split:],
+                                                 tf.float32), w64
+      p, mu = self.preconditioner
+      w32 = tf.matmul(p, tf.cast(tf.reshape(theta[:split],
+                                            [dim, num_classes]), tf.float32))
+      b64 = theta[split:] - tf.cast(
+          tf.linalg.matvec(w32, mu, transpose_a=True), tf.float64)
+      return w32, tf.cast(b64, tf.float32), tf.cast(w32, tf.float64)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, dim], tf.float32), tf.TensorSpec([None],
+                                                              tf.int32),
+        tf.TensorSpec([dim, num_classes], tf.float32),
+        tf.TensorSpec([num_classes], tf.float32)], autograph=False)
+    def chunk_sums(x, y, w32, b32):
+      return _replica_sums(x, y, w32, b32, batch_size)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([dim, num_classes], tf.float64),
+        tf.TensorSpec([], tf.float64),
+        tf.TensorSpec([num_classes, dim], tf.float64),
+        tf.TensorSpec([num_classes], tf.float64)], autograph=False)
+    def finish(w64, loss, grad_w_t, grad_b):
+      value = loss * inv_n + self.l2 * tf.reduce_sum(tf.square(w64))
+      grad_w = tf.transpose(grad_w_t) * inv_n + (2.0 * self.l2) * w64
+      grad_b = grad_b * inv_n
+      if self.preconditioner is None:
+        return value, tf.concat([tf.reshape(grad_w, [-1]), grad_b], 0)
+      p, mu = self.preconditioner
+      grad_w -= tf.cast(mu, tf.float64)[:, None] * grad_b[None, :]
+      grad_v = tf.matmul(p, tf.cast(grad_w, tf.float32), transpose_a=True)
+      return value, tf.concat([tf.reshape(tf.cast(grad_v, tf.float64), [-1]),
+                               grad_b], 0)
+
+    self._params, self._chunk_sums, self._finish = params, chunk_sums, finish
+
+  @property
+  def size(self) -> int:
+    return self.dim * self.num_classes + self.num_classes
+
+  unpack = None  # set below: the same mapping as Objective's
+
+  def __call__(self, theta: np.ndarray):
+    w32, b32, w64 = self._params(tf.constant(np.asarray(theta, np.float64)))
+    loss = 0.0
+    grad_w_t = np.zeros((self.num_classes, self.dim), np.float64)
+    grad_b = np.zeros(self.num_classes, np.float64)
+    for x, y in self.source.chunks(self.chunk_rows, self._prefetch):
+      sums = self._chunk_sums(_host_tensor(x), tf.constant(y.astype(np.int32)),
+                              w32, b32)
+      del x
+      loss += float(sums[0])
+      grad_w_t += sums[1].numpy()
+      grad_b += sums[2].numpy()
+    value, grad = self._finish(w64, tf.constant(loss, tf.float64),
+                               tf.constant(grad_w_t), tf.constant(grad_b))
+    return float(value), grad.numpy()
+
+
+def _whitening(blocks, dim, num_classes, l2):
   """A change of variables that makes L-BFGS's problem well conditioned.
 
   CNN features have a steeply decaying spectrum, so the Hessian of f in W,
@@ -351,27 +494,23 @@ def _whitening(x, num_classes, l2):
   Each evaluation pays two [M, M] x [M, C] products more (M / (2 N) of its
   cost), and P takes M * M float32.
 
-  mu and Sigma are estimated from about _PRECONDITION_ROWS_PER_DIM * M rows
-  of the host features: evenly spaced blocks (feature files are often
-  sorted by class). Everything happens in place in one [M, M] float32
+  mu and Sigma are estimated from `blocks` of host features, about
+  _PRECONDITION_ROWS_PER_DIM * M rows (`_sample_blocks`, or a streamed
+  fit's evenly spaced chunks). Everything happens in place in one [M, M] float32
   buffer (BLAS syrk/syr, LAPACK potrf/trtri), so that fit's peak memory grows
   by two such buffers at most, not by the several a TensorFlow graph keeps.
   Returns (P, mu) as float32 tensors, or None, with a warning, where the
   Cholesky factorisation fails (then fit runs unpreconditioned).
   """
-  n, dim = x.shape
-  block = min(1024, n)
-  blocks = min(-(-_PRECONDITION_ROWS_PER_DIM * dim // block), -(-n // block))
-  gap = (n - block) // max(blocks - 1, 1)
   gram = np.zeros((dim, dim), np.float32, order="F")
   total = np.zeros(dim, np.float64)
-  for i in range(blocks):
-    xb = x[i * gap:i * gap + block]
+  count = 0
+  for xb in blocks:
+    count += len(xb)
     total += xb.sum(axis=0, dtype=np.float64)
     # Lower triangle of gram += xb^T xb (xb.T is a Fortran-order view).
     gram = scipy.linalg.blas.ssyrk(1.0, xb.T, beta=1.0, c=gram, lower=1,
                                    overwrite_c=1)
-  count = blocks * block
   mu = (total / count).astype(np.float32)
   # A = (gram / count - mu mu^T) / C + floor * I, lower triangle. The floor
   # keeps A positive definite when lambda = 0 and the features are
@@ -396,6 +535,9 @@ def _whitening(x, num_classes, l2):
   return tf.constant(inv_l.T), tf.constant(mu)
 
 
+StreamedObjective.unpack = Objective.unpack
+
+
 def _single_threaded_blas():
   """Keeps BLAS to one thread while scipy's L-BFGS-B runs.
 
@@ -414,13 +556,18 @@ def fit(train_x, train_y, num_classes: int, *, l2: Optional[float] = None,
         strategy: Optional[tf.distribute.Strategy] = None,
         verbose: bool = False,
         scipy_options: Optional[Mapping[str, Any]] = None,
-        precondition: bool = True) -> LogisticRegressionResult:
+        precondition: bool = True,
+        memory_budget_mb: Optional[float] = None,
+        prefetch: int = 1) -> LogisticRegressionResult:
   """Fits multinomial logistic regression with L-BFGS, starting from zero.
 
   Args:
     train_x: [N, M] features; float32 is used as is, other float dtypes are
-      converted (a copy). Must be finite.
-    train_y: [N] integer labels in [0, num_classes).
+      converted (a copy). Must be finite. Or a `features.ShardedFeatures`
+      (features and labels left on disk, streamed once per evaluation; then
+      `train_y` must be None and `memory_budget_mb` given).
+    train_y: [N] integer labels in [0, num_classes); None with a
+      `ShardedFeatures`, whose labels are used.
     num_classes: C, at least 2.
     l2: lambda of the penalty lambda * ||W||^2; default 100 / (M * C).
     max_iter: L-BFGS iterations at most (the paper's 800).
@@ -434,6 +581,11 @@ def fit(train_x, train_y, num_classes: int, *, l2: Optional[float] = None,
     precondition: run L-BFGS in whitened coordinates (see `_whitening`):
       the same objective and minimum in several times fewer iterations.
       False: plain L-BFGS on (W, b), as the paper.
+    memory_budget_mb: streamed fits only: MiB for the feature chunks in
+      flight (read ahead, converted, being computed on); the fit's memory is
+      this plus fixed costs (the L-BFGS-B workspace, ~25 * M * C * 8 bytes;
+      P, M * M * 4; TensorFlow's runtime).
+    prefetch: streamed fits only: chunks read ahead of the computation.
 
   Returns:
     A `LogisticRegressionResult`.
@@ -445,6 +597,17 @@ def fit(train_x, train_y, num_classes: int, *, l2: Optional[float] = None,
   if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
     raise ValueError(f"num_classes must be an integer >= 2, got "
                      f"{num_classes!r}.")
+  if hasattr(train_x, "chunks"):
+    return _fit_streamed(train_x, train_y, int(num_classes), l2=l2,
+                         max_iter=max_iter, batch_size=batch_size,
+                         strategy=strategy, verbose=verbose,
+                         scipy_options=scipy_options,
+                         precondition=precondition,
+                         memory_budget_mb=memory_budget_mb, prefetch=prefetch)
+  if memory_budget_mb is not None:
+    raise ValueError("memory_budget_mb applies to features streamed from "
+                     "disk (features.ShardedFeatures), not to an in-memory "
+                     "train_x.")
   x = _check_features(train_x, "train_x")
   y = _check_labels(train_y, x.shape[0], int(num_classes), "train_y")
   l2 = default_l2(x.shape[1], num_classes) if l2 is None else float(l2)
@@ -458,6 +621,40 @@ def fit(train_x, train_y, num_classes: int, *, l2: Optional[float] = None,
   start = time.perf_counter()
   objective = Objective(x, y, int(num_classes), l2, batch_size=batch_size,
                         strategy=strategy, precondition=precondition)
+  return _minimize(objective, start, l2, max_iter, verbose, scipy_options)
+
+
+def _fit_streamed(source, train_y, num_classes, *, l2, max_iter, batch_size,
+                  strategy, verbose, scipy_options, precondition,
+                  memory_budget_mb, prefetch):
+  """`fit` on a `features.ShardedFeatures`."""
+  if train_y is not None:
+    raise ValueError("train_y must be None when train_x is streamed from "
+                     f"disk: the labels come from {source.where}.")
+  if strategy is not None and not isinstance(
+      strategy, type(tf.distribute.get_strategy())):
+    raise ValueError("Streamed features support the default strategy only; "
+                     f"got {type(strategy).__name__}.")
+  if memory_budget_mb is None or not memory_budget_mb > 0:
+    raise ValueError(f"memory_budget_mb must be > 0 for features streamed "
+                     f"from disk, got {memory_budget_mb!r}.")
+  if max_iter < 1 or batch_size < 1:
+    raise ValueError(f"max_iter and batch_size must be >= 1, got "
+                     f"max_iter={max_iter}, batch_size={batch_size}.")
+  dim = source.dim
+  l2 = default_l2(dim, num_classes) if l2 is None else float(l2)
+  if not np.isfinite(l2) or l2 < 0:
+    raise ValueError(f"l2 must be finite and >= 0, got {l2}.")
+  rows = _memory_rows(source, memory_budget_mb, prefetch)
+  start = time.perf_counter()
+  objective = StreamedObjective(source, num_classes, l2, chunk_rows=rows,
+                                batch_size=batch_size,
+                                precondition=precondition, prefetch=prefetch)
+  return _minimize(objective, start, l2, max_iter, verbose, scipy_options)
+
+
+def _minimize(objective, start, l2, max_iter, verbose, scipy_options):
+  """Runs scipy's L-BFGS-B on `objective` from zero; the fit's result."""
   history = []
 
   def callback(intermediate_result):
