@@ -257,3 +257,54 @@ def test_resume_with_a_shorter_iterable_is_refused(tmp_path):
     _write(tmp_path, x[:20], y[:20])
   with pytest.raises(F.FeatureCacheError, match="incomplete"):
     F.read_split(str(tmp_path), "train")
+
+
+@pytest.mark.parametrize("shard_format,dtype", [
+    ("raw", "float32"), ("raw", "float16"), ("raw", "bfloat16"),
+    ("tfrecord", "float16")])
+def test_v2_storage_round_trip(tmp_path, shard_format, dtype):
+  x, y = _data()
+  meta = _write(tmp_path, x, y, dtype=dtype, shard_format=shard_format)
+  assert meta["format"] == F.FORMAT_V2 and meta["dtype"] == dtype
+  expected = x.astype(F._np_dtype(dtype)).astype(np.float32)
+  got_x, got_y = F.read_split(str(tmp_path), "train")
+  assert got_x.dtype == np.float32
+  np.testing.assert_array_equal(got_x, expected)
+  np.testing.assert_array_equal(got_y, y)
+  ds_x = np.concatenate([b.numpy() for b, _ in F.dataset(str(tmp_path),
+                                                         "train", 16)])
+  np.testing.assert_array_equal(ds_x, expected)
+  # Chunks of 5 rows (shards of 8: chunks never straddle them), read ahead.
+  source = F.ShardedFeatures(str(tmp_path), "train")
+  chunks = list(source.chunks(5, prefetch=2))
+  assert max(len(c[1]) for c in chunks) == 5
+  np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]),
+                                expected)
+  np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), y)
+  if shard_format == "raw":  # records of dim values and an int64 label
+    itemsize = 4 if dtype == "float32" else 2
+    assert sum(s["num_bytes"] for s in meta["shards"]) == N * (
+        DIM * itemsize + 8)
+
+
+def test_v1_cache_streams_and_other_storage_is_rewritten(tmp_path):
+  x, y = _data()
+  _write(tmp_path, x, y)
+  assert _meta(tmp_path)["format"] == F.FORMAT  # v1 stays the default
+  chunks = list(F.ShardedFeatures(str(tmp_path), "train").chunks(16))
+  np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), x)
+  _write(tmp_path, x, y, shard_format="raw")
+  assert _meta(tmp_path)["shard_format"] == "raw"
+  assert not any(n.endswith(".tfrecord") for n in os.listdir(tmp_path))
+
+
+def test_raw_shard_damage_is_named(tmp_path):
+  x, y = _data()
+  _write(tmp_path, x, y, shard_format="raw")
+  _truncated_raw = tmp_path / "train-00001.raw"
+  with open(_truncated_raw, "r+b") as f:
+    f.truncate(10)
+  with pytest.raises(F.FeatureCacheError, match="train-00001.raw has 10"):
+    F.ShardedFeatures(str(tmp_path), "train", verify=False)
+  with pytest.raises(ValueError, match="dtype must be one of"):
+    _write(tmp_path / "b", x, y, dtype="int8")

@@ -305,3 +305,36 @@ def test_preconditioner_with_fewer_rows_than_features_and_no_penalty():
   result = lbfgs.fit(x, y, 3, l2=0.0, max_iter=50)
   assert np.isfinite(result.objective)
   assert np.all(np.isfinite(result.weights))
+
+
+@pytest.mark.parametrize("precondition", [False, True])
+def test_streamed_fit_matches_in_memory(tmp_path, precondition):
+  from selfsup.evaluation import features  # pylint: disable=g-import-not-at-top
+  x, y = _blobs(300, 12, 4, seed=5)
+  features.write_split(str(tmp_path), "train",
+                       [(x[i:i + 40], y[i:i + 40]) for i in range(0, 300, 40)],
+                       layer="l", shard_size=64, progress=False,
+                       shard_format="raw")
+  source = features.ShardedFeatures(str(tmp_path), "train")
+  # A budget of a few KiB: chunks of a few rows, ~30 of them per evaluation.
+  budget = source.chunk_bytes(10) / 2**20
+  objective = lbfgs.StreamedObjective(source, 4, 0.01, chunk_rows=10,
+                                      precondition=precondition)
+  in_memory = lbfgs.Objective(x, y.astype(np.int32), 4, 0.01,
+                              precondition=False)
+  theta = np.random.default_rng(0).normal(size=objective.size) * 0.1
+  w, b = objective.unpack(theta)
+  value, _ = objective(theta)
+  assert value == pytest.approx(in_memory(np.concatenate([w.ravel(), b]))[0],
+                                rel=1e-6)
+  streamed = lbfgs.fit(source, None, 4, memory_budget_mb=budget,
+                       precondition=precondition)
+  whole = lbfgs.fit(x, y, 4, precondition=precondition)
+  assert streamed.objective == pytest.approx(whole.objective, rel=1e-6)
+  np.testing.assert_allclose(streamed.weights, whole.weights, atol=2e-3)
+  with pytest.raises(ValueError, match="train_y must be None"):
+    lbfgs.fit(source, y, 4, memory_budget_mb=budget)
+  with pytest.raises(ValueError, match="memory_budget_mb must be > 0"):
+    lbfgs.fit(source, None, 4)
+  with pytest.raises(ValueError, match="memory_budget_mb applies"):
+    lbfgs.fit(x, y, 4, memory_budget_mb=1)
