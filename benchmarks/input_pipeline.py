@@ -23,7 +23,7 @@ from PIL import Image
 import tensorflow as tf
 
 from selfsup import data
-from selfsup.preprocess import specs
+from selfsup import tasks
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per batch.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 10,
@@ -33,7 +33,7 @@ _WARMUP = flags.DEFINE_integer("warmup_batches", 2,
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 256,
                                    "JPEGs written to the temporary folder.")
 _TASKS = flags.DEFINE_list(
-    "tasks", list(specs.TASKS), "Tasks to time, from selfsup.preprocess.specs.")
+    "tasks", tasks.TASKS.names(), "Tasks to time (selfsup.tasks.TASKS).")
 _DIGITS = flags.DEFINE_bool("digits", True, "Also time the digits demo.")
 
 
@@ -85,11 +85,11 @@ def main(argv):
     print(f"-- {_NUM_IMAGES.value} JPEGs of ~400x350 in a temporary folder")
     _report("read + decode + resize(224) (baseline)", source, "resize(224)")
     for task in _TASKS.value:
-      task_specs = specs.task_specs(task)
+      task_specs = tasks.TASKS.lookup(task)[0].pretext_specs()
       _report(f"{task} (paper sizes)", source, task_specs["train"],
               task_specs["batch"])
     if "jigsaw" in _TASKS.value:
-      code = specs.patch_task_specs("jigsaw", shared_perms=8)
+      code = tasks.Jigsaw.pretext_specs(shared_perms=8)
       _report("jigsaw, authors' code variant (shared_perms=8)", source,
               code["train"], code["batch"])
   finally:
@@ -104,7 +104,7 @@ def main(argv):
     for task in _TASKS.value:
       kwargs = small[task]
       _report(f"{task} {kwargs}", digits,
-              specs.task_specs(task, **kwargs)["train"])
+              tasks.TASKS.lookup(task)[0].pretext_specs(**kwargs)["train"])
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ COMMANDS = (
 
 def usage():
   """The text `python -m selfsup` prints."""
-  from selfsup.cli import gin_files  # pylint: disable=g-import-not-at-top
+  from selfsup.core import gin_files  # pylint: disable=g-import-not-at-top
   lines = [f"selfsup {__version__}: self-supervised visual representation "
            "learning (TensorFlow 2 / Keras 3).", "", "Commands (each has "
            "--help):"]

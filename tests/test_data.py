@@ -76,7 +76,7 @@ def folder(tmp_path_factory):
 
 
 def test_registry():
-  assert set(data.list()) == {"digits", "fashion_mnist", "image_folder",
+  assert set(data.names()) == {"digits", "fashion_mnist", "image_folder",
                               "imagenet2012", "places205", "places365_small",
                               "tfds"}
   with pytest.raises(ValueError, match=r"'nope'.*digits.*imagenet2012"):

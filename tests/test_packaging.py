@@ -179,7 +179,8 @@ def test_python_m_selfsup_prints_version_and_commands(tmp_path):
 
 
 def test_gin_files_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
-  from selfsup.cli import common, gin_files  # pylint: disable=import-outside-toplevel
+  from selfsup.cli import common  # pylint: disable=import-outside-toplevel
+  from selfsup.core import gin_files  # pylint: disable=import-outside-toplevel
   monkeypatch.chdir(tmp_path)
   jigsaw = os.path.join(gin_files.gin_dir(), "jigsaw.gin")
   for name in ("jigsaw", "jigsaw.gin", "gin/jigsaw.gin"):

@@ -1,10 +1,10 @@
-"""Tests for selfsup.train.schedules."""
+"""Tests for selfsup.core.schedules."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from selfsup.train import schedules
+from selfsup.core import schedules
 
 # The paper's recipe at B = 1024 with 100 steps per epoch: peak 0.1 * 4 = 0.4,
 # warm-up until step 500, /10 from step 1500 and again from step 2500.

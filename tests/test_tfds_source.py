@@ -44,7 +44,7 @@ def _check(x, shape=None):
 
 
 def test_registered():
-  assert {"tfds", "fashion_mnist"} <= set(data.list())
+  assert {"tfds", "fashion_mnist"} <= set(data.names())
 
 
 def test_splits_like_imagenet(tfds_dir):

@@ -101,6 +101,35 @@ def test_feature_cache_follows_the_export_and_results_keep_every_setting(
   assert len(_results(workdir)) == 4
 
 
+def test_streamed_and_half_precision_evaluations(tmp_path):
+  """linear_eval streaming both splits from a raw cache within a small
+  memory budget fits the same objective as in memory; a float16 cache is
+  another cache (its own fingerprint and results entry)."""
+  workdir = tmp_path / "rotation"
+  experiment.run(_trainer(workdir, 1))
+  # Run to convergence: the two fits may take different paths (the
+  # preconditioner's sample rows differ) to the same minimum.
+  [whole] = _evaluate(workdir, max_iter=300)
+  [streamed] = _evaluate(workdir, max_iter=300, feature_format="raw",
+                         memory_budget_mb=0.05)
+  assert whole["converged"] and streamed["converged"]
+  assert streamed["objective"] == pytest.approx(whole["objective"], rel=1e-6)
+  assert streamed["top1"] == pytest.approx(whole["top1"], abs=0.01)
+  assert streamed["num_eval"] == whole["num_eval"]
+  assert streamed["streamed_mb"] == 0.05
+  meta = features_lib.load_metadata(streamed["features"], "train")
+  assert meta["shard_format"] == "raw" and meta["dtype"] == "float32"
+  [half] = _evaluate(workdir, max_iter=300, feature_dtype="float16")
+  meta = features_lib.load_metadata(half["features"], "train")
+  assert meta["dtype"] == "float16"
+  assert meta["fingerprint"]["dtype"] == "float16"
+  assert half["settings"]["feature_dtype"] == "float16"
+  assert half["objective"] == pytest.approx(whole["objective"], rel=1e-2)
+  assert half["key"] != whole["key"]
+  with pytest.raises(ValueError, match="memory_budget_mb.*'mlp'"):
+    _evaluate(workdir, protocol="mlp", memory_budget_mb=10)
+
+
 def test_a_cache_of_other_settings_is_never_read(tmp_path):
   out_dir = str(tmp_path)
   x = np.arange(12, dtype=np.float32).reshape(6, 2)

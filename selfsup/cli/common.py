@@ -23,7 +23,7 @@ import tokenize
 import gin
 from absl import app, flags, logging
 
-from selfsup.cli import gin_files
+from selfsup.core import gin_files
 
 GIN_DIR = gin_files.gin_dir() or os.path.join(os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "gin")

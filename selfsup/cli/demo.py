@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from selfsup.core import files
+
 TASKS = ("rotation", "exemplar", "jigsaw", "relative_patch_location",
          "supervised")
 LAYERS = ("block1", "block2", "block3", "block4", "pre_logits")
@@ -252,9 +254,7 @@ def main(argv):
                    {k: v[0] for k, v in scores["pretrained"].items()},
                    {k: v[0] for k, v in scores["random"].items()}, seconds)
   path = os.path.join(args.workdir, "demo.json")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=2)
-  os.replace(path + ".tmp", path)
+  files.write_json(path, record, indent=2)
   print()
   print(table(record))
   print(verdict(record))

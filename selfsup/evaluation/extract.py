@@ -244,14 +244,16 @@ class FeatureExtractor:
     return lambda start: in_background(computed(start), _AHEAD)
 
   def export_split(self, source, split, out_dirs, *, spec, batch_size=256,
-                   shard_size=features_lib.DEFAULT_SHARD_SIZE):
+                   shard_size=features_lib.DEFAULT_SHARD_SIZE,
+                   **storage):
     """Writes the features of one split for every endpoint in one pass.
 
     `out_dirs` is {endpoint: folder} (or one folder for a single endpoint).
     Each endpoint's cache resumes on its own: the pass starts at the
     earliest example any of them lacks, and endpoints whose cache is
-    complete are not computed. Returns {endpoint: metadata} (one metadata
-    for a single endpoint).
+    complete are not computed. `storage` (dtype, shard_format) goes to
+    `features.write_split`. Returns {endpoint: metadata} (one metadata for a
+    single endpoint).
     """
     single = isinstance(out_dirs, str)
     if single:
@@ -267,7 +269,7 @@ class FeatureExtractor:
                  source.num_examples(split))
     metas = _write_endpoints(
         out_dirs, split, lambda start: self._computed(
-            source, split, spec, batch_size, start), shard_size)
+            source, split, spec, batch_size, start), shard_size, storage)
     return metas[self.endpoint] if single else metas
 
 
@@ -324,7 +326,7 @@ class _Fanout:
       skip = 0
 
 
-def _write_endpoints(out_dirs, split, compute, shard_size):
+def _write_endpoints(out_dirs, split, compute, shard_size, storage):
   """Writes every endpoint's cache of `split` from one pass of
   `compute(start)` ({endpoint: x}, y) batches; {endpoint: metadata}."""
   metas, starts = {}, {}
@@ -333,7 +335,8 @@ def _write_endpoints(out_dirs, split, compute, shard_size):
     if tf.io.gfile.exists(meta_path) and features_lib.load_metadata(
         out_dir, split)["complete"]:
       metas[endpoint] = features_lib.write_split(
-          out_dir, split, [], layer=endpoint, shard_size=shard_size)
+          out_dir, split, [], layer=endpoint, shard_size=shard_size,
+          **storage)
     else:
       starts[endpoint] = features_lib.completed_examples(out_dir, split)
   if not starts:
@@ -345,7 +348,7 @@ def _write_endpoints(out_dirs, split, compute, shard_size):
     try:
       metas[endpoint] = features_lib.write_split(
           out_dirs[endpoint], split, fan.make_batches(endpoint),
-          layer=endpoint, shard_size=shard_size)
+          layer=endpoint, shard_size=shard_size, **storage)
     except BaseException as e:  # pylint: disable=broad-except
       errors.append(e)
       fan.stop.set()
@@ -385,14 +388,16 @@ def _write_endpoints(out_dirs, split, compute, shard_size):
 
 def export_features(export_dir, source, splits, out_dir, *, endpoint,
                     batch_size=256, max_features=MAX_FEATURES,
-                    shard_size=features_lib.DEFAULT_SHARD_SIZE, spec=None):
+                    shard_size=features_lib.DEFAULT_SHARD_SIZE, spec=None,
+                    dtype="float32", shard_format="tfrecord"):
   """Writes the features of `splits` of `source` for one or more endpoints.
 
   `endpoint` is one name with `out_dir` one folder, or a sequence of names
   with `out_dir` a {endpoint: folder} mapping: then every endpoint comes
   from the same forward pass (layer-wise evaluation costs one pass, not one
-  per layer). Resumable shard by shard: complete splits and shards are
-  kept. Returns {split: metadata} (one endpoint) or
+  per layer). `dtype` and `shard_format` say how the cache stores them
+  (`features.write_split`). Resumable shard by shard: complete splits and
+  shards are kept. Returns {split: metadata} (one endpoint) or
   {split: {endpoint: metadata}}.
   """
   info = export_lib.load_info(export_dir)
@@ -413,7 +418,8 @@ def export_features(export_dir, source, splits, out_dir, *, endpoint,
   spec = spec or info["eval_specs"]["eval"]
   metas = {split: extractor.export_split(source, split, out_dirs, spec=spec,
                                          batch_size=batch_size,
-                                         shard_size=shard_size)
+                                         shard_size=shard_size, dtype=dtype,
+                                         shard_format=shard_format)
            for split in splits}
   if single:
     return {split: m[endpoint] for split, m in metas.items()}

@@ -45,6 +45,8 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from selfsup.core import files
+
 FORMAT = "selfsup-features-v1"
 FORMAT_V2 = "selfsup-features-v2"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -82,13 +84,6 @@ def _np_dtype(name: str) -> np.dtype:
 def record_bytes(meta: dict) -> int:
   """Bytes per example of a raw shard: the features, then an int64 label."""
   return meta["dim"] * _np_dtype(meta["dtype"]).itemsize + 8
-
-
-def _write_json_atomically(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(obj, indent=1))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _sha256(path: str) -> str:
@@ -235,7 +230,7 @@ def _fresh(split, layer, shard_size, fingerprint=None, dtype="float32",
 
 def _replace_split(out_dir, split, old_meta, fresh):
   """Marks `split` as `fresh` (atomically), then deletes its old shards."""
-  _write_json_atomically(metadata_path(out_dir, split), fresh)
+  files.write_json(metadata_path(out_dir, split), fresh)
   for entry in old_meta.get("shards", []):
     path = os.path.join(out_dir, entry["file"])
     if tf.io.gfile.exists(path):
@@ -261,13 +256,13 @@ def claim(out_dir: str, split: str, fingerprint: dict, *, layer: str,
   fresh = _fresh(split, layer, shard_size, fingerprint, dtype, shard_format)
   path = metadata_path(out_dir, split)
   if not tf.io.gfile.exists(path):
-    _write_json_atomically(path, fresh)
+    files.write_json(path, fresh)
     return False
   try:
     meta = load_metadata(out_dir, split)
   except FeatureCacheError as e:
     logging.warning("Recomputing %s: %s", path, e)
-    _write_json_atomically(path, fresh)
+    files.write_json(path, fresh)
     return False
   same_storage = (meta["dtype"], _format_of(meta)) == (dtype,
                                                           shard_format)
@@ -443,7 +438,7 @@ def write_split(out_dir: str, split: str,
                     " make_batches(start) to avoid computing them again.",
                     split, done)
     batches = _skip(batches, done)
-  _write_json_atomically(metadata_path(out_dir, split), meta)
+  files.write_json(metadata_path(out_dir, split), meta)
 
   start, written = time.perf_counter(), 0
   writer, tmp, count = None, None, 0
@@ -459,7 +454,7 @@ def write_split(out_dir: str, split: str,
                        overwrite=True)
     meta["shards"].append(entry)
     meta["num_examples"] += count
-    _write_json_atomically(metadata_path(out_dir, split), meta)
+    files.write_json(metadata_path(out_dir, split), meta)
     written += count
     if progress:
       rate = written / max(time.perf_counter() - start, 1e-9)
@@ -500,7 +495,7 @@ def write_split(out_dir: str, split: str,
   if meta["num_examples"] == 0:
     raise ValueError(f"batches for split {split!r} yielded no examples.")
   meta["complete"] = True
-  _write_json_atomically(metadata_path(out_dir, split), meta)
+  files.write_json(metadata_path(out_dir, split), meta)
   return meta
 
 

@@ -52,6 +52,9 @@ class EvalSettings:
   precondition: bool = True
   data_dir: Optional[str] = None
   export_dir: Optional[str] = None
+  feature_dtype: str = "float32"
+  feature_format: str = "tfrecord"
+  memory_budget_mb: Optional[float] = None
 
   def __post_init__(self):
     name = lambda field: f"linear_eval.{field}"  # noqa: E731
@@ -74,12 +77,30 @@ class EvalSettings:
     checks.boolean(name("precondition"), self.precondition)
     checks.string(name("data_dir"), self.data_dir, optional=True)
     checks.string(name("export_dir"), self.export_dir, optional=True)
+    checks.string(name("feature_dtype"), self.feature_dtype,
+                  choices=features_lib.DTYPES)
+    checks.string(name("feature_format"), self.feature_format,
+                  choices=features_lib.SHARD_FORMATS)
+    checks.number(name("memory_budget_mb"), self.memory_budget_mb, minimum=0,
+                  optional=True)
+    if self.memory_budget_mb is not None and self.protocol != "lbfgs":
+      raise checks.ConfigError(
+          f"{name('memory_budget_mb')}={self.memory_budget_mb!r} is invalid "
+          f"with protocol {self.protocol!r}: streaming from disk is for "
+          "'lbfgs' (the SGD protocols always read the cache batch by batch).")
+
+  @property
+  def storage(self) -> dict:
+    """How the feature cache stores values (part of its fingerprint)."""
+    return {"dtype": self.feature_dtype, "shard_format": self.feature_format}
 
   @property
   def recorded(self) -> dict:
     """The settings that determine a result (results.json's `settings`)."""
     out = {"batch_size": self.batch_size, "max_features": self.max_features,
            "l2": self.l2}
+    if self.feature_dtype != "float32":
+      out["feature_dtype"] = self.feature_dtype  # it changes the features
     if self.protocol == "lbfgs":
       out.update(max_iter=self.max_iter, precondition=self.precondition)
     else:
@@ -111,7 +132,8 @@ def linear_eval(workdir, *, data_dir=None, protocol="lbfgs",
                 layers=("pre_logits",), train_split="train", eval_split="val",
                 fraction=None, batch_size=256, max_iter=800, l2=None,
                 max_features=extract.MAX_FEATURES, sgd_kwargs=None,
-                export_dir=None, precondition=True):
+                export_dir=None, precondition=True, feature_dtype="float32",
+                feature_format="tfrecord", memory_budget_mb=None):
   """Exports (or reuses) features and fits the evaluation model.
 
   Args:
@@ -136,6 +158,15 @@ def linear_eval(workdir, *, data_dir=None, protocol="lbfgs",
     sgd_kwargs: arguments of `selfsup.evaluation.sgd.train_head` for the SGD
       protocols.
     export_dir: the exported backbone; default workdir/export.
+    feature_dtype: how the cache stores features: "float32", or "float16" /
+      "bfloat16" for half the disk and memory (read back as float32; the
+      objective is accumulated in float32 and float64 as always).
+    feature_format: "tfrecord" (v1 caches) or "raw" (fixed-length records,
+      read without parsing: what streaming wants).
+    memory_budget_mb: L-BFGS only: None fits in memory; a number streams the
+      training features from the cache once per objective evaluation in
+      chunks that fit this many MiB (the evaluation split is scored chunk by
+      chunk too), for features larger than memory (`lbfgs.fit`).
 
   Cached features carry a fingerprint of everything that determines them
   (the export's weights, the source and its arguments, split, layer,
@@ -150,7 +181,8 @@ def linear_eval(workdir, *, data_dir=None, protocol="lbfgs",
       eval_split=eval_split, fraction=fraction, batch_size=batch_size,
       max_iter=max_iter, l2=l2, max_features=max_features,
       sgd_kwargs=sgd_kwargs, precondition=precondition, data_dir=data_dir,
-      export_dir=export_dir))
+      export_dir=export_dir, feature_dtype=feature_dtype,
+      feature_format=feature_format, memory_budget_mb=memory_budget_mb))
 
 
 def run(workdir, settings: EvalSettings):
@@ -251,7 +283,8 @@ def _pooling_code():
   return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def feature_fingerprint(export, source, split, layer, max_features, spec):
+def feature_fingerprint(export, source, split, layer, max_features, spec,
+                        dtype="float32"):
   """Everything that determines the cached features of one split."""
   return {
       "format": features_lib.FORMAT,
@@ -264,7 +297,7 @@ def feature_fingerprint(export, source, split, layer, max_features, spec):
                   "rule": extract.pooling_grid(),
                   "code": _pooling_code()},
       "preprocessing": spec,
-      "dtype": "float32",
+      "dtype": dtype,
   }
 
 
@@ -277,20 +310,19 @@ def cached_features(ctx, layers):
   """
   spec = ctx.info["eval_specs"]["eval"]
   settings = ctx.settings
-  prints = {layer: {split: feature_fingerprint(ctx.export, ctx.source, split,
-                                               layer, settings.max_features,
-                                               spec)
-                    for split in ctx.splits}
+  prints = {layer: {split: feature_fingerprint(
+      ctx.export, ctx.source, split, layer, settings.max_features, spec,
+      settings.feature_dtype) for split in ctx.splits}
             for layer in layers}
   for layer in layers:
     for split in ctx.splits:
       features_lib.claim(ctx.feature_dir(layer), split, prints[layer][split],
-                         layer=layer)
+                         layer=layer, **settings.storage)
   extract.export_features(
       ctx.export_dir, ctx.source, ctx.splits,
       {layer: ctx.feature_dir(layer) for layer in layers},
       endpoint=tuple(layers), batch_size=settings.batch_size,
-      max_features=settings.max_features, spec=spec)
+      max_features=settings.max_features, spec=spec, **settings.storage)
   return prints
 
 
@@ -304,20 +336,47 @@ def _lbfgs(ctx, layer, prints):
   settings = ctx.settings
   out_dir = ctx.feature_dir(layer)
   train_split, eval_split = ctx.splits
-  train_x, train_y = features_lib.read_split(
-      out_dir, train_split, fingerprint=prints[train_split])
-  eval_x, eval_y = features_lib.read_split(
-      out_dir, eval_split, fingerprint=prints[eval_split])
+  if settings.memory_budget_mb is None:
+    train_x, train_y = features_lib.read_split(
+        out_dir, train_split, fingerprint=prints[train_split])
+    eval_x, eval_y = features_lib.read_split(
+        out_dir, eval_split, fingerprint=prints[eval_split])
+    eval_y = np.asarray(eval_y, np.int64)
+  else:  # both splits stay on disk
+    train_x, train_y = features_lib.ShardedFeatures(
+        out_dir, train_split, fingerprint=prints[train_split]), None
+    eval_x, eval_y = features_lib.ShardedFeatures(
+        out_dir, eval_split, fingerprint=prints[eval_split]), None
   fit = lbfgs.fit(train_x, train_y, ctx.source.num_classes, l2=settings.l2,
                   max_iter=settings.max_iter,
-                  precondition=settings.precondition)
-  scores = lbfgs.evaluate(fit, eval_x, np.asarray(eval_y, np.int64))
+                  precondition=settings.precondition,
+                  memory_budget_mb=settings.memory_budget_mb)
+  if settings.memory_budget_mb is None:
+    scores = lbfgs.evaluate(fit, eval_x, eval_y)
+  else:
+    scores = _evaluate_streamed(fit, eval_x, settings.memory_budget_mb)
+  (num_train, dim), num_eval = train_x.shape, eval_x.shape[0]
   return {"top1": scores["top1"], "top5": scores["top5"],
           "objective": fit.objective, "iterations": fit.iterations,
           "converged": fit.converged, "seconds": fit.seconds, "l2": fit.l2,
-          "dim": int(train_x.shape[1]), "num_train": int(train_x.shape[0]),
-          "num_eval": int(eval_x.shape[0]),
+          "dim": int(dim), "num_train": int(num_train),
+          "num_eval": int(num_eval),
+          "streamed_mb": settings.memory_budget_mb,
           **_cache_record(ctx, layer, prints)}
+
+
+def _evaluate_streamed(fit, sharded, memory_budget_mb):
+  """`lbfgs.evaluate` over a split left on disk, chunk by chunk within
+  `memory_budget_mb` MiB."""
+  rows = max(1, int(memory_budget_mb * 2**20) // sharded.chunk_bytes(1))
+  correct, n = {"top1": 0, "top5": 0}, 0
+  for x, y in sharded.chunks(rows):
+    scores = lbfgs.evaluate(fit, x, y)
+    for k in correct:
+      correct[k] += round(scores[k] * scores["num_examples"])
+    n += scores["num_examples"]
+  return dict(top1=correct["top1"] / n, top5=correct["top5"] / n,
+              num_examples=n)
 
 
 def _sgd(ctx, layer, prints):

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from selfsup.core import files
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 CELL_RECORD = "cell.json"
@@ -84,9 +86,7 @@ def read_record(cell_dir):
 
 
 def _write_json(path, value):
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=2, default=str)
-  os.replace(path + ".tmp", path)
+  files.write_json(path, value, indent=2, default=str)
 
 
 def run_study(spec, cells, root, *, data_dir=None, skip_failed=False,

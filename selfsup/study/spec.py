@@ -15,7 +15,7 @@ import re
 
 import gin
 
-from selfsup.cli import gin_files
+from selfsup.core import gin_files
 
 # The packaged configs (an installed wheel's selfsup/gin, a checkout's gin/).
 GIN_DIR = gin_files.gin_dir() or os.path.join(os.path.dirname(

@@ -155,6 +155,8 @@ class Trainer:
     self.is_chief = _is_chief(self.strategy)
     if self.is_chief:
       _clean_temporary(workdir)
+    if cfg.mixed_precision:
+      precision.warn_if_bf16_slow(_devices(self.strategy))
 
     with self.strategy.scope(), precision.dtype_policy(
         "mixed_bfloat16" if cfg.mixed_precision else "float32"), \
@@ -404,6 +406,15 @@ def _worker_scratch(strategy, workdir):
   resolver = strategy.cluster_resolver
   return os.path.join(workdir, export.TMP, f"{checkpoints.WORKER_SCRATCH}"
                       f"{resolver.task_type}-{resolver.task_id}")
+
+
+def _devices(strategy):
+  """The devices of this worker's replicas."""
+  try:
+    return tuple(strategy.extended.worker_devices)
+  except RuntimeError:  # the default strategy has no worker_devices
+    gpus = tf.config.list_logical_devices("GPU")
+    return (gpus[0].name,) if gpus else ("/CPU:0",)
 
 
 def _local_replicas(strategy):
