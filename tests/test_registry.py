@@ -150,3 +150,18 @@ def test_public_register_and_get_still_work():
     selfsup.preprocess.register("not-an-identifier")
   assert selfsup.tasks.get("rotation", backbone="resnet18_v2",
                            width=0.25).name == "rotation"
+
+
+def test_moved_and_removed_names_say_where_they_went():
+  import warnings  # pylint: disable=g-import-not-at-top
+  import selfsup.train  # pylint: disable=g-import-not-at-top
+  from selfsup.preprocess import specs  # pylint: disable=g-import-not-at-top
+  from selfsup.workdir import export  # pylint: disable=g-import-not-at-top
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert selfsup.train.export is export
+  assert "selfsup.workdir.export" in str(caught[0].message)
+  with pytest.raises(AttributeError, match=r"pretext_specs"):
+    specs.task_specs("rotation")  # pylint: disable=no-member
+  with pytest.raises(AttributeError, match=r"no attribute 'nothing'"):
+    specs.nothing  # pylint: disable=no-member,pointless-statement

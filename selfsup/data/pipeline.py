@@ -77,8 +77,8 @@ def make_pipeline(source, split, spec, *, batch_size, training, seed=None,
       random preprocessing through per-example `_seed`s); None: random.
     input_context: a `tf.distribute.InputContext`; this pipeline then reads
       its own disjoint shard of the split.
-    batch_spec: a spec applied to each batch (e.g. the original code's
-      jigsaw, one permutation subset per batch). With `seed` it receives the
+    batch_spec: a spec applied to each batch (e.g. `jigsaw_shared`, one
+      permutation subset per batch). With `seed` it receives the
       batched `_seed` [B, 2].
     shuffle_buffer: decoded examples in the training shuffle buffer; 0 or 1
       turns this buffer off (the source still shuffles).

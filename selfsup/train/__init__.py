@@ -9,6 +9,23 @@ from selfsup.train.trainer import TrainConfig, Trainer, TrainingDivergedError
 from selfsup.train.trainer import export_backbone
 from selfsup.workdir.export import load_backbone, load_info
 
+# Modules that moved below training; the old spellings still work, warning.
+_MOVED = {"export": "selfsup.workdir.export",
+          "schedules": "selfsup.core.schedules",
+          "checks": "selfsup.core.checks",
+          "precision": "selfsup.core.precision"}
+
+
+def __getattr__(name):
+  if name in _MOVED:
+    import importlib  # pylint: disable=g-import-not-at-top
+    import warnings  # pylint: disable=g-import-not-at-top
+    warnings.warn(f"selfsup.train.{name} moved to {_MOVED[name]}: import it "
+                  "from there.", DeprecationWarning, stacklevel=2)
+    return importlib.import_module(_MOVED[name])
+  raise AttributeError(f"module 'selfsup.train' has no attribute {name!r}")
+
+
 __all__ = ["TrainConfig", "Trainer", "TrainingDivergedError",
            "WarmupStepDecay", "epochs_to_steps", "export_backbone",
            "load_backbone", "load_info", "make_strategy"]

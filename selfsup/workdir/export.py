@@ -181,11 +181,11 @@ def _replace(src, dst):
     shutil.move(src, dst)
     return
   if tf.io.gfile.isdir(src):
-    for root, _, files in tf.io.gfile.walk(src):
+    for root, _, names in tf.io.gfile.walk(src):
       rel = os.path.relpath(root, src)
       target = os.path.join(dst, rel) if rel != "." else dst
       tf.io.gfile.makedirs(target)
-      for name in files:
+      for name in names:
         tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, name),
                          overwrite=True)
   else:
