@@ -6,9 +6,12 @@ Both minimise mean cross-entropy + lambda * ||W||^2 with lambda = 100 / (M*C)
 scikit-learn runs first, to its tol; then selfsup, and the time it takes to
 reach scikit-learn's final objective (both recomputed in float64 numpy) is
 compared with scikit-learn's time. selfsup runs with scikit-learn's L-BFGS-B
-settings (gtol = tol, ftol = 64 eps, maxls = 50) unless --paper_options, so
-that only the implementations of the objective differ: both are driven by the
-same scipy L-BFGS-B and take the same iterations.
+settings (gtol = tol, ftol = 64 eps, maxls = 50) unless --paper_options:
+both are driven by the same scipy L-BFGS-B on the same objective, so what
+differs is the cost of an evaluation and, with selfsup's preconditioner (the
+default; --no_precondition turns it off), the path: fewer iterations to the
+same minimum. The selfsup child also times the two feature matmuls alone
+(same threads) and reports seconds per iteration against them.
 
 Each solver runs in its own process so that ru_maxrss (peak resident memory)
 is its own; "fit MB" is the peak over the process after it made the features
