@@ -65,12 +65,7 @@ def parse_gin(gin_files, gin_params):
   gin.add_config_file_search_path(os.path.dirname(GIN_DIR))
   gin.add_config_file_search_path(GIN_DIR)
   files = [_resolve(p) for p in gin_files]
-  # An `include` is looked for along the search path; gin logs each place
-  # it is not as an error, though a later one holds it (a file found
-  # nowhere still fails, below).
-  misses = _GinSearchMisses()
-  root_logger = std_logging.getLogger()  # gin logs through the root logger
-  root_logger.addFilter(misses)
+  gin_files.make_includable()
   try:
     gin.parse_config_files_and_bindings(files, gin_params)
   except SyntaxError as err:
@@ -83,15 +78,6 @@ def parse_gin(gin_files, gin_params):
                    f"{list(gin_params)}: {err.args[0]}") from err
   except (ValueError, KeyError, IOError, NameError) as err:
     raise GinError(f"bad gin configuration: {first_line(err)}") from err
-  finally:
-    root_logger.removeFilter(misses)
-
-
-class _GinSearchMisses(std_logging.Filter):
-  """Drops gin's "Path not found" records of its include search."""
-
-  def filter(self, record):
-    return record.msg != "Path not found: %s"
 
 
 def _resolve(path):

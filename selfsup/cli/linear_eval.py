@@ -6,8 +6,10 @@ pretrained representation.
         [--data_dir=DIR]
 
 Evaluation configs: eval/lbfgs (the paper's L-BFGS logistic regression),
-eval/layerwise (block1..block4 and pre_logits), eval/sgd_linear, eval/mlp,
-eval/low_data_5|10, eval/official_val. Results go to DIR/results.json and
+eval/layerwise (block1..block4 and pre_logits, from one pass of the
+backbone), eval/sgd_linear, eval/mlp, eval/low_data_5|10, eval/official_val,
+eval/streaming (L-BFGS on features larger than memory: a float16 raw cache
+streamed from disk within linear_eval.memory_budget_mb). Results go to DIR/results.json and
 the console; the full log to DIR/linear_eval.log.
 
 The workdir's own config.gin is read first, so the data source is the one it

@@ -73,3 +73,31 @@ def describe():
                            initial_indent=f"  {label + ':':<8} ",
                            subsequent_indent=" " * 11)
   return "\n".join(lines)
+
+
+_INCLUDABLE = []
+
+
+class _SearchMisses:
+  """A logging filter dropping gin's "Path not found" records, one per place
+  its include search looked in vain (a file found nowhere still fails)."""
+
+  def filter(self, record):
+    return not (record.module == "resource_reader"
+                and record.msg == "Path not found: %s")
+
+
+def make_includable():
+  """Lets any gin file `include "common/pretraining.gin"` (a packaged config
+  by its name) from any working directory: adds `gin_dir()` to gin's search
+  path, once. The task configs import `selfsup.train.experiment`, which
+  calls this, before their include line."""
+  if _INCLUDABLE:
+    return
+  import logging  # pylint: disable=g-import-not-at-top
+  import gin  # pylint: disable=g-import-not-at-top
+  base = gin_dir()
+  if base is not None:
+    gin.add_config_file_search_path(base)
+  logging.getLogger().addFilter(_SearchMisses())
+  _INCLUDABLE.append(base)

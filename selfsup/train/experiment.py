@@ -20,13 +20,15 @@ import tensorflow as tf
 from absl import logging
 
 import selfsup.tasks
-from selfsup.core import checks, files
+from selfsup.core import checks, files, gin_files
 from selfsup.train.strategy import make_strategy
 from selfsup.train.trainer import TrainConfig, Trainer
 from selfsup.workdir import export as export_lib
 from selfsup.workdir import sources
 from selfsup.workdir.sources import build_source  # noqa: F401 (gin binding)
 
+# The task configs import this module, then include "common/pretraining.gin".
+gin_files.make_includable()
 # Calls must go through the returned wrapper for the bindings to apply.
 ConfiguredTrainConfig = gin.external_configurable(
     TrainConfig, name="TrainConfig", module="selfsup")
