@@ -52,7 +52,7 @@ def set_logging():
   logging.set_verbosity(max(logging.INFO, flags.FLAGS.verbosity))
 
 
-def parse_gin(gin_files, gin_params):
+def parse_gin(config_files, gin_params):
   """Parses gin files and bindings; unknown or bad bindings fail here.
 
   A relative gin file is looked up in the working directory, then among the
@@ -64,7 +64,7 @@ def parse_gin(gin_files, gin_params):
   gin.add_config_file_search_path(os.getcwd())
   gin.add_config_file_search_path(os.path.dirname(GIN_DIR))
   gin.add_config_file_search_path(GIN_DIR)
-  files = [_resolve(p) for p in gin_files]
+  files = [_resolve(p) for p in config_files]
   gin_files.make_includable()
   try:
     gin.parse_config_files_and_bindings(files, gin_params)
