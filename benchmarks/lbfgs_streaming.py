@@ -33,13 +33,8 @@ def _rss_mb() -> float:
 
 
 def _child(args):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if args.threads:
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+  lbfgs_vs_sklearn._init_tf(args)  # pylint: disable=protected-access
   from selfsup.evaluation import features, lbfgs  # pylint: disable=g-import-not-at-top
-  a = tf.ones([64, 64])
-  tf.matmul(a, a).numpy()
   base = _rss_mb()  # now, not the peak: imports' transients peak higher
   start = time.perf_counter()
   if args.child == "memory":

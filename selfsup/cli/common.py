@@ -52,6 +52,13 @@ def set_logging():
   logging.set_verbosity(max(logging.INFO, flags.FLAGS.verbosity))
 
 
+def reject_arguments(argv):
+  """Exits with one error line if the command got positional arguments
+  (every selfsup command takes flags only)."""
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+
+
 def parse_gin(config_files, gin_params):
   """Parses gin files and bindings; unknown or bad bindings fail here.
 

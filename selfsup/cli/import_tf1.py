@@ -51,8 +51,7 @@ def _width(value):
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  common.reject_arguments(argv)
   missing = [f"--{n}" for n in ("checkpoint", "backbone", "width", "workdir")
              if getattr(FLAGS, n) is None]
   if missing:

@@ -34,8 +34,7 @@ flags.DEFINE_string("data_dir", None, "TFDS data_dir, or the image folder "
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  common.reject_arguments(argv)
   if not FLAGS.workdir:
     sys.exit("error: --workdir is required: the workdir bin/pretrain wrote.")
   show_traceback = common.verbose()

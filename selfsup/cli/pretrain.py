@@ -40,8 +40,7 @@ DEMO_HINT = ("To try selfsup without ImageNet, run the offline demo instead:\n"
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  common.reject_arguments(argv)
   if not FLAGS.gin_file:
     sys.exit("error: give at least one --gin_file, e.g. "
              "--gin_file=rotation (--help lists the packaged configs).")

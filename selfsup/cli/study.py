@@ -44,8 +44,7 @@ def _study_flags():
 
 
 def study_main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  common.reject_arguments(argv)
   if not FLAGS.gin_file:
     sys.exit("error: give a study with --gin_file, e.g. "
              "--gin_file=gin/study/demo.gin (see gin/study/).")
@@ -96,8 +95,7 @@ def _report_flags():
 
 
 def report_main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  common.reject_arguments(argv)
   if not FLAGS.root:
     sys.exit("error: --root is required: the folder bin/study wrote.")
   from selfsup.study import report  # pylint: disable=g-import-not-at-top

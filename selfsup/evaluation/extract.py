@@ -130,6 +130,32 @@ def representation(backbone, images, endpoint, max_features=MAX_FEATURES):
   return representations(backbone, images, (endpoint,), max_features)[endpoint]
 
 
+def _put(items, item, stop, dropped=lambda: False):
+  """Puts `item` on the queue `items` unless `stop` is set (or `dropped()`
+  says nobody reads it any more, which counts as put); whether it went."""
+  while not stop.is_set():
+    if dropped():
+      return True
+    try:
+      items.put(item, timeout=0.1)
+      return True
+    except queue.Full:
+      pass
+  return False
+
+
+def _drain(items):
+  """Yields the `(True, item)` entries of the queue `items` until a
+  `(False, error_or_None)` entry ends them, raising the error."""
+  while True:
+    ok, item = items.get()
+    if not ok:
+      if item is not None:
+        raise item
+      return
+    yield item
+
+
 def in_background(iterable, depth):
   """Yields the items of `iterable`, produced up to `depth` ahead in a thread.
 
@@ -141,13 +167,7 @@ def in_background(iterable, depth):
   stop = threading.Event()
 
   def put(item):
-    while not stop.is_set():
-      try:
-        items.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        pass
-    return False
+    return _put(items, item, stop)
 
   def produce():
     it = iter(iterable)
@@ -165,13 +185,7 @@ def in_background(iterable, depth):
                             name="selfsup-feature-batches")
   thread.start()
   try:
-    while True:
-      ok, item = items.get()
-      if not ok:
-        if item is not None:
-          raise item
-        return
-      yield item
+    yield from _drain(items)
   finally:
     stop.set()
     thread.join()
@@ -228,21 +242,6 @@ class FeatureExtractor:
       out = self.all(batch["image"])
       yield {k: v.numpy() for k, v in out.items()}, batch["label"].numpy()
 
-  def batches(self, source, split, spec, batch_size):
-    """make_batches(start): numpy (features, labels) of `split` from `start`
-    for the first endpoint: what `features.write_split` consumes."""
-
-    def computed(start):
-      for reps, labels in self._computed(source, split, spec, batch_size,
-                                         start):
-        yield reps[self.endpoint], labels
-
-    # The writer serialises, writes and hashes while the next batches are
-    # computed. On 2 CPU cores that work is only 1.5-4% of an export
-    # (pre_logits to block4, ResNet-50 at 64x64); where an accelerator
-    # computes and the host only writes, it is a larger share.
-    return lambda start: in_background(computed(start), _AHEAD)
-
   def export_split(self, source, split, out_dirs, *, spec, batch_size=256,
                    shard_size=features_lib.DEFAULT_SHARD_SIZE,
                    **storage):
@@ -291,15 +290,8 @@ class _Fanout:
     self.done = set()  # writers that returned: nothing more goes to them
 
   def put(self, endpoint, item):
-    while not self.stop.is_set():
-      if endpoint in self.done:
-        return True
-      try:
-        self.queues[endpoint].put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        pass
-    return False
+    return _put(self.queues[endpoint], item, self.stop,
+                lambda: endpoint in self.done)
 
   def make_batches(self, endpoint):
     def make(start):
@@ -311,14 +303,7 @@ class _Fanout:
     return make
 
   def _consume(self, endpoint, skip):
-    q = self.queues[endpoint]
-    while True:
-      ok, item = q.get()
-      if not ok:
-        if item is not None:
-          raise item
-        return
-      x, y = item
+    for x, y in _drain(self.queues[endpoint]):
       if skip >= len(y):
         skip -= len(y)
         continue

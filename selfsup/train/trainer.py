@@ -419,10 +419,7 @@ def _devices(strategy):
 
 def _local_replicas(strategy):
   """Replicas on this worker."""
-  try:
-    return len(strategy.extended.worker_devices)
-  except RuntimeError:  # the default strategy has no worker_devices
-    return 1
+  return len(_devices(strategy))
 
 
 @contextlib.contextmanager
