@@ -10,6 +10,7 @@ needs it is used (`selfsup.core.gin_files` stays light for `--help`).
 import importlib
 
 from selfsup.core.checks import ConfigError
+from selfsup.core.errors import SelfsupError
 from selfsup.core.keys import SEED_KEY
 from selfsup.core.registry import Registry
 
@@ -23,5 +24,5 @@ def __getattr__(name):
   raise AttributeError(f"module 'selfsup.core' has no attribute {name!r}")
 
 
-__all__ = ["ConfigError", "Registry", "SEED_KEY", "atomic_write",
+__all__ = ["ConfigError", "Registry", "SelfsupError", "SEED_KEY", "atomic_write",
            "write_json"]

@@ -8,8 +8,10 @@ binding, the value and what was expected, e.g.
 import math
 import numbers
 
+from selfsup.core.errors import SelfsupError
 
-class ConfigError(ValueError):
+
+class ConfigError(SelfsupError, ValueError):
   """A configuration value of the wrong type, sign or range."""
 
 

@@ -1,0 +1,24 @@
+"""The library's own error types.
+
+A command-line entry point prints an error of these types (and OSError) as
+one `error: ...` line; any other exception is a bug and keeps its traceback.
+Raise a subclass of `SelfsupError` for a failure a user can fix (bad
+settings, missing or damaged data, a workdir in the wrong state), with a
+message that names the input and what was expected.
+"""
+
+
+class SelfsupError(Exception):
+  """A failure the user can act on; its message is the whole story."""
+
+
+class DataError(SelfsupError, ValueError):
+  """Data that is missing, damaged or not of the expected form."""
+
+
+class WorkdirError(SelfsupError, ValueError):
+  """A workdir whose contents are missing, damaged or of another run."""
+
+
+class MissingDependencyError(SelfsupError, ImportError):
+  """An optional package (an extra of setup.py) that is not installed."""
