@@ -356,3 +356,58 @@ def test_streamed_fit_matches_in_memory(tmp_path, precondition):
     lbfgs.fit(source, None, 4)
   with pytest.raises(ValueError, match="memory_budget_mb applies"):
     lbfgs.fit(x, y, 4, memory_budget_mb=1)
+
+
+def _chain_rule(objective, grad_w, grad_b):
+  """The gradient in `objective`'s coordinates of a (W, b) gradient: the
+  identity, or through W = P V, b = s beta - mu W for a preconditioner."""
+  if objective.preconditioner is None:
+    return np.concatenate([grad_w.ravel(), grad_b])
+  p, mu = (np.asarray(t, np.float64) for t in objective.preconditioner)
+  grad_v = p.T @ (grad_w - mu[:, None] * grad_b[None, :])
+  return np.concatenate([grad_v.ravel(),
+                         np.sqrt(grad_b.shape[0]) * grad_b])
+
+
+@pytest.mark.parametrize("precondition", [False, True])
+def test_streamed_and_in_memory_objectives_agree_in_value_and_gradient(
+    tmp_path, precondition):
+  """Many chunks of a streamed split against one in-memory array: the same
+  value and the same gradient (each in its own coordinates, through the
+  chain rule), at several points, and each gradient against a central
+  difference along a random direction."""
+  from selfsup.evaluation import features  # pylint: disable=g-import-not-at-top
+  x, y = _ill_conditioned(90, 7, 4, seed=13)
+  features.write_split(str(tmp_path), "train",
+                       [(x[i:i + 25], y[i:i + 25]) for i in range(0, 90, 25)],
+                       layer="l", shard_size=32, progress=False,
+                       shard_format="raw")
+  source = features.ShardedFeatures(str(tmp_path), "train")
+  streamed = lbfgs.StreamedObjective(source, 4, 0.02, chunk_rows=11,
+                                     batch_size=8, precondition=precondition)
+  in_memory = lbfgs.Objective(x, y.astype(np.int32), 4, 0.02, batch_size=16,
+                              precondition=precondition)
+  plain = lbfgs.Objective(x, y.astype(np.int32), 4, 0.02, batch_size=16)
+  rng = np.random.default_rng(14)
+  for scale in (0.0, 0.1, 1.0):
+    theta = rng.normal(size=plain.size) * scale
+    for objective in (streamed, in_memory):
+      w, b = objective.unpack(theta)
+      value, grad = objective(theta)
+      ref_value, ref_w, ref_b = _reference(x, y, w, b, 0.02)
+      plain_value, plain_grad = plain(np.concatenate([w.ravel(), b]))
+      assert value == pytest.approx(ref_value, rel=1e-5)
+      assert value == pytest.approx(plain_value, rel=1e-6)
+      split = w.size
+      expected = _chain_rule(objective, ref_w, ref_b)
+      np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(
+          grad, _chain_rule(objective, plain_grad[:split].reshape(w.shape),
+                            plain_grad[split:]), rtol=1e-4, atol=1e-5)
+      direction = rng.normal(size=plain.size)
+      direction /= np.linalg.norm(direction)
+      eps = 1e-2  # a unit direction: float32 noise / eps stays ~1e-5
+      numeric = (objective(theta + eps * direction)[0]
+                 - objective(theta - eps * direction)[0]) / (2 * eps)
+      assert numeric == pytest.approx(float(grad @ direction), rel=2e-3,
+                                      abs=5e-5)
