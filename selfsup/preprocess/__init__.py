@@ -21,6 +21,7 @@ Random ops use stateless randomness: with a per-example `_seed` in the
 features the output is a deterministic function of the input; without one
 the seeds come from `tf.random.uniform`.
 """
+from selfsup.preprocess import augment_ops  # noqa: F401  (registers ops)
 from selfsup.preprocess import color_ops  # noqa: F401  (registers ops)
 from selfsup.preprocess import image_ops  # noqa: F401  (registers ops)
 from selfsup.preprocess import pretext_ops  # noqa: F401  (registers ops)

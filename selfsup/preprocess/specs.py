@@ -131,6 +131,39 @@ def patch_representation_specs(size=255, patch=64):
   }
 
 
+SIMCLR_JITTER = (0.8, 0.8, 0.8, 0.2)  # x strength s (SimCLR appendix A)
+BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)  # BYOL table 6, Barlow Twins section 4
+
+
+def view(size, *, jitter=SIMCLR_JITTER, strength=1.0, jitter_p=0.8,
+         gray_p=0.2, blur_p=0.5, solarize_p=0.0, area_min=0.08):
+  """One view of the contrastive methods, values in [-1, 1]; no decode.
+
+  Random resized crop (area in [area_min, 1]), flip, colour jitter
+  (brightness, contrast, saturation, hue amounts `jitter`, times `strength`)
+  with probability `jitter_p`, grayscale with `gray_p`, Gaussian blur with
+  `blur_p`, solarization with `solarize_p`. The defaults are SimCLR's.
+  """
+  b, c, s, h = jitter
+  return join(
+      f"random_resized_crop({size}, area=({num(area_min)}, 1.0))", "flip_lr",
+      f"color_jitter({num(strength)}, p={num(jitter_p)}, brightness={num(b)}"
+      f", contrast={num(c)}, saturation={num(s)}, hue={num(h)})"
+      if jitter_p else "",
+      f"random_grayscale({num(gray_p)})" if gray_p else "",
+      f"gaussian_blur({num(blur_p)})" if blur_p else "",
+      f"solarize({num(solarize_p)})" if solarize_p else "", _TO_RANGE)
+
+
+def two_view_specs(first, second=None):
+  """Specs of a two-view method from its view specs (`view`): image
+  [2, H, W, 3]. In evaluation both views are the same central crop."""
+  second = second or first
+  pair = f'two_views("{first}", "{second}")'
+  return {"train": join("decode", pair), "eval": join("decode", pair),
+          "batch": ""}
+
+
 def check(specs):
   """Parses every spec of a specs dict (raises ValueError if one is bad)."""
   for key, spec in specs.items():
