@@ -253,9 +253,22 @@ print(type(model.layers[0]).__name__)
 """
 
 
-@pytest.mark.parametrize("imports", ["import selfsup, keras",
-                                     "import keras, selfsup",
-                                     "import selfsup, tensorflow, keras"])
+def test_import_selfsup_touches_no_import_machinery():
+  code = ("import sys; before = list(sys.meta_path); import selfsup; "
+          "print(sys.meta_path == before, 'keras' in sys.modules)")
+  result = subprocess.run([sys.executable, "-c", code],
+                          env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=120,
+                          check=True)
+  assert result.stdout.split() == ["True", "False"]  # and no TensorFlow
+
+
+# Keras first (the usual order) registers at `import selfsup`; otherwise
+# register_keras_classes(), or any use of selfsup's classes, does.
+@pytest.mark.parametrize("imports", [
+    "import keras, selfsup",
+    "import selfsup, keras\nselfsup.register_keras_classes()",
+    "import selfsup, tensorflow, keras\nselfsup.Representation"])
 def test_import_selfsup_is_enough_to_load(tmp_path, imports):
   model = keras.Sequential([
       keras.Input((20, 20, 3)),

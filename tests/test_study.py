@@ -437,3 +437,19 @@ def test_runner_skips_done_steps_and_reruns_what_changed(tmp_path):
                          skip_failed=True, log=logs.append) == "failed"
   assert runner.read_record(other)["steps"][0]["runs"] == 1
   assert os.path.exists(os.path.join(other, "logs", "pretrain.log"))
+
+
+def test_one_task_order_covers_every_registered_task():
+  import selfsup.tasks  # pylint: disable=import-outside-toplevel
+  from selfsup.cli import demo  # pylint: disable=import-outside-toplevel
+  from selfsup.study import figures, labels  # pylint: disable=import-outside-toplevel
+  missing = set(selfsup.tasks.TASKS.names()) - set(labels.TASK_ORDER)
+  assert not missing, f"add {sorted(missing)} to study/labels.py TASK_ORDER"
+  assert figures.TASKS is labels.TASK_ORDER
+  assert set(demo.TASKS) <= set(labels.TASK_ORDER)
+  # figures no longer imports report (the report imports figures late).
+  import ast  # pylint: disable=import-outside-toplevel
+  tree = ast.parse(open(figures.__file__, encoding="utf-8").read())
+  imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+              for a in n.names}
+  assert "report" not in imported

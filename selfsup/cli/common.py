@@ -23,14 +23,14 @@ import tokenize
 import gin
 from absl import app, flags, logging
 
-from selfsup.core import gin_files
+from selfsup.core import errors, gin_files, log
 
 GIN_DIR = gin_files.gin_dir() or os.path.join(os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "gin")
 TRACEBACK_HINT = "(--verbosity=1 shows the traceback)"
 
 
-class GinError(ValueError):
+class GinError(errors.SelfsupError, ValueError):
   """A gin file or binding that does not parse or bind."""
 
 
@@ -160,18 +160,16 @@ def run(main, doc, modules, gin_help=True, log_file=True):
 
 # -- Console and log file ------------------------------------------------------
 
-# INFO lines the console keeps (the rest goes to the log): (file, function).
-CONSOLE_INFO = {("trainer.py", "_report"), ("experiment.py", "run"),
-                ("trainer.py", "restore")}
 _STATE = {}
 
 
 class _ConsoleFilter(std_logging.Filter):
+  """Warnings and errors, and the progress logger's lines."""
 
   def filter(self, record):
-    if record.levelno >= std_logging.WARNING:
-      return True
-    return (os.path.basename(record.pathname), record.funcName) in CONSOLE_INFO
+    return (record.levelno >= std_logging.WARNING
+            or record.name == log.PROGRESS
+            or record.name.startswith(log.PROGRESS + "."))
 
 
 class _ConsoleFormatter(std_logging.Formatter):
@@ -261,33 +259,41 @@ def details(err):
   return "\n".join(_message(err).splitlines()[1:]).strip()
 
 
+# TensorFlow's I/O failures: a path that is missing, unreadable, full or
+# damaged. Its other errors (shapes, dtypes) are bugs and keep their traceback.
+def _tf_io_errors():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return {tf.errors.PermissionDeniedError: "permission denied",
+          tf.errors.ResourceExhaustedError: "out of space or memory",
+          tf.errors.FailedPreconditionError: "cannot use the path",
+          tf.errors.NotFoundError: "not found",
+          tf.errors.DataLossError: "damaged file"}
+
+
 def describe(err):
   """One line: the cause, with the path where the exception names one."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from selfsup.train.trainer import TrainingDivergedError  # pylint: disable=g-import-not-at-top
   text = first_line(err)
-  if isinstance(err, tf.errors.OpError):
-    kinds = {tf.errors.PermissionDeniedError: "permission denied",
-             tf.errors.ResourceExhaustedError: "out of space or memory",
-             tf.errors.FailedPreconditionError: "cannot use the path",
-             tf.errors.NotFoundError: "not found"}
-    kind = next((v for k, v in kinds.items() if isinstance(err, k)),
-                type(err).__name__)
-    return f"{kind}: {text}"
+  if "tensorflow" in sys.modules:
+    kind = next((v for k, v in _tf_io_errors().items()
+                 if isinstance(err, k)), None)
+    if kind:
+      return f"{kind}: {text}"
   if isinstance(err, OSError) and err.errno is not None:
     where = f": {err.filename}" if err.filename else ""
     return f"{err.strerror}{where}"
-  if isinstance(err, TrainingDivergedError):
-    return f"training diverged: {text}"
-  return text
+  label = getattr(err, "label", None)  # e.g. "training diverged"
+  return f"{label}: {text}" if label else text
 
 
 def known_errors():
-  """The exception types reported as one `error:` line."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from selfsup.train.trainer import TrainingDivergedError  # pylint: disable=g-import-not-at-top
-  return (ValueError, TypeError, OSError, tf.errors.OpError,
-          TrainingDivergedError)
+  """The exception types reported as one `error:` line: the library's own
+  (`selfsup.core.errors.SelfsupError`: settings, data, workdirs, a diverged
+  run), the operating system's and TensorFlow's I/O failures. Anything else
+  is a bug and keeps its traceback."""
+  kinds = (errors.SelfsupError, OSError)
+  if "tensorflow" in sys.modules:
+    kinds += tuple(_tf_io_errors())
+  return kinds
 
 
 @contextlib.contextmanager

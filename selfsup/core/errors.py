@@ -9,7 +9,12 @@ message that names the input and what was expected.
 
 
 class SelfsupError(Exception):
-  """A failure the user can act on; its message is the whole story."""
+  """A failure the user can act on; its message is the whole story.
+
+  A subclass may set `label`, a few words the command prints before the
+  message (e.g. "training diverged").
+  """
+  label = None
 
 
 class DataError(SelfsupError, ValueError):
@@ -22,3 +27,13 @@ class WorkdirError(SelfsupError, ValueError):
 
 class MissingDependencyError(SelfsupError, ImportError):
   """An optional package (an extra of setup.py) that is not installed."""
+
+
+class WorkdirLockedError(WorkdirError):
+  """Another live process holds the workdir (its pid, host and command are in
+  the message)."""
+
+
+class NotFiniteError(SelfsupError, ArithmeticError):
+  """A fit or a computation whose result is NaN or infinite: no score is
+  given for it."""

@@ -20,6 +20,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from selfsup.core import errors
 from selfsup.data import base
 from selfsup.data import decode
 
@@ -36,7 +37,7 @@ CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 _UBYTE = 0x08
 
 
-class IDXError(ValueError):
+class IDXError(errors.DataError):
   """An IDX file is not what it should be (format, sizes or labels)."""
 
 

@@ -36,8 +36,7 @@ logs which entries differ.
 import hashlib
 import json
 import os
-import queue
-import threading
+import re
 import time
 from typing import Callable, Iterable, Tuple, Union
 
@@ -45,23 +44,22 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from selfsup.core import errors
 from selfsup.core import files
+from selfsup.evaluation import host
+from selfsup.evaluation import shard_formats
 
 FORMAT = "selfsup-features-v1"
 FORMAT_V2 = "selfsup-features-v2"
 DTYPES = ("float32", "float16", "bfloat16")
 SHARD_FORMATS = ("tfrecord", "raw")
 DEFAULT_SHARD_SIZE = 8192
-_READ_BATCH = 1024
 _HASH_CHUNK = 8 << 20
-# Arrays from read_split are aligned so that lbfgs.fit can share their memory
-# with TensorFlow instead of copying (TF's CPU kernels need 64-byte alignment).
-_ALIGN = 64
 
 _Batches = Iterable[Tuple[np.ndarray, np.ndarray]]
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(errors.SelfsupError, ValueError):
   """A feature cache that is missing, incomplete, corrupt or inconsistent."""
 
 
@@ -70,20 +68,15 @@ def metadata_path(out_dir: str, split: str) -> str:
 
 
 def _shard_name(split: str, index: int, shard_format: str = "tfrecord") -> str:
-  suffix = "raw" if shard_format == "raw" else "tfrecord"
-  return f"{split}-{index:05d}.{suffix}"
+  return f"{split}-{index:05d}.{shard_formats.FORMATS[shard_format].suffix}"
 
 
-def _np_dtype(name: str) -> np.dtype:
-  """The numpy dtype of a stored dtype name (bfloat16 via TensorFlow's)."""
-  if name == "bfloat16":
-    return np.dtype(tf.bfloat16.as_numpy_dtype)
-  return np.dtype(name).newbyteorder("<")
+_np_dtype = shard_formats.np_dtype
 
 
 def record_bytes(meta: dict) -> int:
   """Bytes per example of a raw shard: the features, then an int64 label."""
-  return meta["dim"] * _np_dtype(meta["dtype"]).itemsize + 8
+  return shard_formats.record_bytes(meta["dim"], meta["dtype"])
 
 
 def _sha256(path: str) -> str:
@@ -92,6 +85,13 @@ def _sha256(path: str) -> str:
     while chunk := f.read(_HASH_CHUNK):
       digest.update(chunk)
   return digest.hexdigest()
+
+
+def _check_sha256(path: str, entry: dict):
+  digest = _sha256(path)
+  if digest != entry["sha256"]:
+    raise FeatureCacheError(f"Shard {path} is corrupt: sha256 {digest}, "
+                            f"expected {entry['sha256']}.")
 
 
 def load_metadata(out_dir: str, split: str) -> dict:
@@ -117,7 +117,23 @@ def load_metadata(out_dir: str, split: str) -> dict:
         f"{SHARD_FORMATS} (missing keys {sorted(missing)}, format "
         f"{meta.get('format')!r}, dtype {meta.get('dtype')!r}, shard_format "
         f"{meta.get('shard_format')!r}).")
+  _check_shard_names(path, meta)
   return meta
+
+
+def _check_shard_names(path: str, meta: dict):
+  """Every listed shard must be named as the writer names it, in order:
+  a crafted record (`../../x`, an absolute path) must never be read, nor
+  deleted by a cleanup of a stale cache."""
+  split = os.path.basename(path)[:-len(".json")]
+  for i, entry in enumerate(meta["shards"]):
+    want = _shard_name(split, i, _format_of(meta))
+    name = entry.get("file") if isinstance(entry, dict) else None
+    if name != want or not re.fullmatch(r"[\w.=-]+", name):
+      raise FeatureCacheError(
+          f"Feature metadata {path} lists shard {i} as {name!r}; expected "
+          f"{want!r}, the name the writer gives it (a shard outside the "
+          f"cache's folder is never read or deleted).")
 
 
 def _format_of(meta: dict) -> str:
@@ -125,9 +141,13 @@ def _format_of(meta: dict) -> str:
   return meta.get("shard_format", "tfrecord")
 
 
+def _layout(meta: dict):
+  """The `shard_formats` object that reads and writes a split's shards."""
+  return shard_formats.FORMATS[_format_of(meta)]
+
+
 def _check_shard(out_dir: str, entry: dict, meta: dict, verify: bool) -> str:
   """Raises FeatureCacheError unless the shard is as the metadata says."""
-  dim = meta["dim"]
   path = os.path.join(out_dir, entry["file"])
   if not tf.io.gfile.exists(path):
     raise FeatureCacheError(f"Shard {path} listed in the metadata is missing.")
@@ -135,32 +155,12 @@ def _check_shard(out_dir: str, entry: dict, meta: dict, verify: bool) -> str:
   if size != entry["num_bytes"]:
     raise FeatureCacheError(f"Shard {path} has {size} bytes, expected "
                             f"{entry['num_bytes']} (truncated or overwritten).")
-  if _format_of(meta) == "raw":
-    expected = entry["num_examples"] * record_bytes(meta)
-    if size != expected:
-      raise FeatureCacheError(
-          f"Shard {path} has {size} bytes, not {entry['num_examples']} "
-          f"records of {record_bytes(meta)} bytes ({dim}-dimensional "
-          f"{meta['dtype']} features and an int64 label, from the metadata).")
-    if verify:
-      digest = _sha256(path)
-      if digest != entry["sha256"]:
-        raise FeatureCacheError(f"Shard {path} is corrupt: sha256 {digest}, "
-                                f"expected {entry['sha256']}.")
-    return path
+  layout = _layout(meta)
+  layout.check_size(path, size, entry, meta["dim"], meta["dtype"],
+                    FeatureCacheError)
   if verify:
-    digest = _sha256(path)
-    if digest != entry["sha256"]:
-      raise FeatureCacheError(f"Shard {path} is corrupt: sha256 {digest}, "
-                              f"expected {entry['sha256']}.")
-    first = next(iter(tf.data.TFRecordDataset(path).take(1))).numpy()
-    raw = tf.train.Example.FromString(first).features.feature["features"]
-    itemsize = _np_dtype(meta["dtype"]).itemsize
-    got = (len(raw.bytes_list.value[0]) // itemsize if raw.bytes_list.value
-           else 0)
-    if got != dim:
-      raise FeatureCacheError(f"Shard {path} holds {got}-dimensional "
-                              f"features, expected {dim} from the metadata.")
+    _check_sha256(path, entry)
+    layout.check_content(path, meta["dim"], meta["dtype"], FeatureCacheError)
   return path
 
 
@@ -241,6 +241,30 @@ def matches(meta: dict, fingerprint: dict) -> bool:
   return meta.get("fingerprint_sha256") == fingerprint_sha256(fingerprint)
 
 
+def _stale(meta, fingerprint, dtype, shard_format, layer=None) -> list:
+  """Why a cache must be recomputed for these settings ([] if it need
+  not): another fingerprint (when one is asked for), storage or layer."""
+  why = []
+  if fingerprint is not None and not matches(meta, fingerprint):
+    why += (differences(meta.get("fingerprint"), fingerprint)
+            if "fingerprint" in meta else ["it records no fingerprint"])
+  if (meta["dtype"], _format_of(meta)) != (dtype, shard_format):
+    why.append(f"storage {meta['dtype']}/{_format_of(meta)} -> "
+               f"{dtype}/{shard_format}")
+  if layer is not None and meta["layer"] != layer:
+    why.append(f"layer {meta['layer']!r} -> {layer!r}")
+  return why
+
+
+def _recompute(out_dir, split, meta, fresh, why):
+  """Replaces a stale (or, `why` empty, an unwanted) cache by `fresh`."""
+  if why:
+    logging.warning("Recomputing the features of %s: the cache was made with "
+                    "other settings (%s).", metadata_path(out_dir, split),
+                    "; ".join(why))
+  _replace_split(out_dir, split, meta, fresh)
+
+
 def claim(out_dir: str, split: str, fingerprint: dict, *, layer: str,
           shard_size: int = DEFAULT_SHARD_SIZE, dtype: str = "float32",
           shard_format: str = "tfrecord") -> bool:
@@ -264,18 +288,10 @@ def claim(out_dir: str, split: str, fingerprint: dict, *, layer: str,
     logging.warning("Recomputing %s: %s", path, e)
     files.write_json(path, fresh)
     return False
-  same_storage = (meta["dtype"], _format_of(meta)) == (dtype,
-                                                          shard_format)
-  if matches(meta, fingerprint) and meta["layer"] == layer and same_storage:
+  why = _stale(meta, fingerprint, dtype, shard_format, layer)
+  if not why:
     return bool(meta["complete"])
-  why = (differences(meta.get("fingerprint"), fingerprint)
-         if "fingerprint" in meta else ["it records no fingerprint"])
-  if not same_storage:
-    why.append(f"storage {meta['dtype']}/{_format_of(meta)} -> "
-               f"{dtype}/{shard_format}")
-  logging.warning("Recomputing the features of %s: the cache was made with "
-                  "other settings (%s).", path, "; ".join(why))
-  _replace_split(out_dir, split, meta, fresh)
+  _recompute(out_dir, split, meta, fresh, why)
   return False
 
 
@@ -294,21 +310,9 @@ def _start(out_dir, split, layer, shard_size, resume, fingerprint, dtype,
   if not tf.io.gfile.exists(metadata_path(out_dir, split)):
     return fresh
   meta = load_metadata(out_dir, split)
-  stale = fingerprint is not None and not matches(meta, fingerprint)
-  other_storage = (meta["dtype"], _format_of(meta)) != (dtype,
-                                                            shard_format)
-  if other_storage:
-    logging.warning("Recomputing the features of %s: stored as %s/%s, asked "
-                    "for %s/%s.", metadata_path(out_dir, split),
-                    meta["dtype"], _format_of(meta), dtype, shard_format)
-  if not resume or stale or other_storage:
-    if stale:
-      logging.warning(
-          "Recomputing the features of %s: the cache was made with other "
-          "settings (%s).", metadata_path(out_dir, split), "; ".join(
-              differences(meta.get("fingerprint"), fingerprint)))
-    # Mark the split incomplete before its old shards go.
-    _replace_split(out_dir, split, meta, fresh)
+  why = _stale(meta, fingerprint, dtype, shard_format)
+  if why or not resume:
+    _recompute(out_dir, split, meta, fresh, why)
     return fresh
   if meta["layer"] != layer or (not meta["complete"]
                                 and meta.get("shard_size") != shard_size):
@@ -355,31 +359,6 @@ def _checked(x, y, dim):
   if not np.issubdtype(y.dtype, np.integer):
     raise ValueError(f"Labels must be integers, got dtype {y.dtype}.")
   return x, y.astype("<i8", copy=False)
-
-
-def _example(features: np.ndarray, label: int) -> bytes:
-  return tf.train.Example(features=tf.train.Features(feature={
-      "features": tf.train.Feature(
-          bytes_list=tf.train.BytesList(value=[features.tobytes()])),
-      "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-  })).SerializeToString(deterministic=True)  # map order fixed: same bytes
-
-
-class _RawWriter:
-  """Appends fixed-length records (features bytes, int64 label) to a file."""
-
-  def __init__(self, path):
-    self._f = tf.io.gfile.GFile(path, "wb")
-
-  def write_rows(self, x, y):
-    x = np.ascontiguousarray(x)
-    rows = np.concatenate([x.view(np.uint8).reshape(len(x), -1),
-                           np.ascontiguousarray(y).view(np.uint8).reshape(
-                               len(y), 8)], axis=1)
-    self._f.write(rows.tobytes())
-
-  def close(self):
-    self._f.close()
 
 
 def write_split(out_dir: str, split: str,
@@ -471,16 +450,11 @@ def write_split(out_dir: str, split: str,
         if writer is None:
           name = _shard_name(split, len(meta["shards"]), shard_format)
           tmp = os.path.join(out_dir, name + ".tmp")
-          writer = (_RawWriter(tmp) if shard_format == "raw"
-                    else tf.io.TFRecordWriter(tmp))
+          writer = shard_formats.FORMATS[shard_format].Writer(tmp)
           count = 0
         take = min(shard_size - count, len(x) - done_rows)
         rows = slice(done_rows, done_rows + take)
-        if shard_format == "raw":
-          writer.write_rows(x[rows], y[rows])
-        else:
-          for features, label in zip(x[rows], y[rows]):
-            writer.write(_example(features, int(label)))
+        writer.write_rows(x[rows], y[rows])
         count += take
         done_rows += take
         if count == shard_size:
@@ -524,43 +498,8 @@ def _complete_shards(out_dir, split, verify, fingerprint=None):
   return meta, paths
 
 
-def _parse_batch(serialized, path, dim, dtype=tf.float32):
-  """Batch of records -> (features [b, dim] float32, labels [b] int64)."""
-  parsed = tf.io.parse_example(serialized, {
-      "features": tf.io.FixedLenFeature([], tf.string),
-      "label": tf.io.FixedLenFeature([], tf.int64)})
-  lengths = tf.strings.length(parsed["features"])
-  size = dtype.size * dim
-  check = tf.debugging.Assert(
-      tf.reduce_all(tf.equal(lengths, size)),
-      [f"feature bytes per example differ from {dtype.size} * dim = {size} "
-       f"(dim from the metadata) in shard", path, "got", lengths])
-  with tf.control_dependencies([check]):
-    features = tf.cast(tf.io.decode_raw(parsed["features"], dtype),
-                       tf.float32)
-  return tf.reshape(features, [-1, dim]), parsed["label"]
-
-
-def _decode_raw_records(records, dim, dtype):
-  """Batch of raw records -> (features [b, dim] float32, labels [b] int64)."""
-  size = dtype.size * dim
-  features = tf.io.decode_raw(tf.strings.substr(records, 0, size), dtype)
-  labels = tf.io.decode_raw(tf.strings.substr(records, size, 8), tf.int64)
-  return (tf.reshape(tf.cast(features, tf.float32), [-1, dim]),
-          tf.reshape(labels, [-1]))
-
-
-def _shard_dataset(path, dim, dtype="float32", shard_format="tfrecord"):
-  tf_dtype = tf.as_dtype(dtype)
-  if shard_format == "raw":
-    ds = tf.data.FixedLengthRecordDataset(
-        path, dim * tf_dtype.size + 8).batch(_READ_BATCH)
-    fn = lambda r: _decode_raw_records(r, dim, tf_dtype)
-  else:
-    ds = tf.data.TFRecordDataset(path).batch(_READ_BATCH)
-    fn = lambda s: _parse_batch(s, path, dim, tf_dtype)
-  return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True).prefetch(tf.data.AUTOTUNE)
+def _shard_dataset(path, meta):
+  return _layout(meta).dataset(path, meta["dim"], meta["dtype"])
 
 
 def read_split(out_dir: str, split: str, *, verify: bool = True,
@@ -574,17 +513,13 @@ def read_split(out_dir: str, split: str, *, verify: bool = True,
   given) a split made under another fingerprint.
   """
   meta, paths = _complete_shards(out_dir, split, verify, fingerprint)
-  n, dim = meta["num_examples"], meta["dim"]
-  buf = np.empty(n * dim * 4 + _ALIGN, np.uint8)
-  offset = (-buf.ctypes.data) % _ALIGN
-  x = buf[offset:offset + n * dim * 4].view(np.float32).reshape(n, dim)
-  y = np.empty([n], np.int64)
+  x = host.aligned_empty((meta["num_examples"], meta["dim"]), np.float32)
+  y = np.empty([meta["num_examples"]], np.int64)
   row = 0
   for path, entry in zip(paths, meta["shards"]):
     end = row + entry["num_examples"]
     try:
-      for features, labels in _shard_dataset(path, dim, meta["dtype"],
-                                             _format_of(meta)):
+      for features, labels in _shard_dataset(path, meta):
         size = len(labels)
         if row + size > end:
           raise FeatureCacheError(f"Shard {path} holds more than the "
@@ -622,13 +557,10 @@ def dataset(out_dir: str, split: str, batch_size: int, *,
     FeatureCacheError: as `read_split`, when called.
   """
   meta, paths = _complete_shards(out_dir, split, verify, fingerprint)
-  dim = meta["dim"]
-  files = tf.data.Dataset.from_tensor_slices(paths)
+  shards = tf.data.Dataset.from_tensor_slices(paths)
   if shuffle_buffer:
-    files = files.shuffle(len(paths), seed=seed)
-  ds = files.interleave(
-      lambda p: _shard_dataset(p, dim, meta["dtype"], _format_of(meta)),
-      cycle_length=1)
+    shards = shards.shuffle(len(paths), seed=seed)
+  ds = shards.interleave(lambda p: _shard_dataset(p, meta), cycle_length=1)
   if shuffle_buffer:
     ds = ds.unbatch().shuffle(shuffle_buffer, seed=seed).batch(
         batch_size, drop_remainder=drop_remainder)
@@ -637,14 +569,78 @@ def dataset(out_dir: str, split: str, batch_size: int, *,
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-class ShardedFeatures:
-  """A complete split left on disk, read in order in chunks of rows.
+class FeatureSource:
+  """Features and labels read in order, in chunks of rows: what `lbfgs.fit`
+  evaluates its objective over.
+
+  `shape` is (N, M); `chunks(rows, prefetch)` yields (features [<= rows, M]
+  float32, 64-byte aligned, labels [<= rows] int) over all N examples in
+  order, the same examples on every pass; `num_chunks(rows)` says how many
+  it yields; `chunk_bytes(rows, prefetch)` the peak bytes of chunks alive
+  while iterating. `x_name` and `y_name` name the features and labels in
+  error messages. An in-memory source (`ArrayFeatures`) yields views of its
+  arrays; `resident` says so (its one chunk can stay on the devices).
+  """
+  resident = False
+  x_name, y_name = "features", "labels"
+
+  @property
+  def shape(self):
+    return (self.num_examples, self.dim)
+
+  def chunk_bytes(self, rows: int, prefetch: int = 1) -> int:
+    raise NotImplementedError
+
+  def num_chunks(self, rows: int) -> int:
+    raise NotImplementedError
+
+  def chunks(self, rows: int, prefetch: int = 1):
+    raise NotImplementedError
+
+
+def _check_chunking(rows, prefetch):
+  if rows < 1 or prefetch < 0:
+    raise ValueError(f"rows must be >= 1 and prefetch >= 0, got {rows} and "
+                     f"{prefetch}.")
+
+
+class ArrayFeatures(FeatureSource):
+  """A `FeatureSource` over arrays in memory: chunks are views, no copies.
+
+  `x` must be C-contiguous float32 [N, M] and `y` integer [N] (`lbfgs.fit`
+  checks and converts its input before making one).
+  """
+  resident = True
+
+  def __init__(self, x: np.ndarray, y: np.ndarray, *, x_name: str = "x",
+               y_name: str = "y"):
+    if x.ndim != 2 or y.shape != x.shape[:1]:
+      raise ValueError(f"{x_name} and {y_name} must be [N, M] and [N], got "
+                       f"shapes {x.shape} and {y.shape}.")
+    self.x, self.y = x, y
+    self.num_examples, self.dim = x.shape
+    self.x_name, self.y_name = x_name, y_name
+
+  def chunk_bytes(self, rows: int, prefetch: int = 1) -> int:
+    return 0  # views of memory already held
+
+  def num_chunks(self, rows: int) -> int:
+    return -(-self.num_examples // rows)
+
+  def chunks(self, rows: int, prefetch: int = 1):
+    _check_chunking(rows, prefetch)
+    for start in range(0, self.num_examples, rows):
+      yield self.x[start:start + rows], self.y[start:start + rows]
+
+
+class ShardedFeatures(FeatureSource):
+  """A complete split left on disk, a `FeatureSource` read in order.
 
   What `lbfgs.fit` streams once per objective evaluation when the features
-  do not fit in memory. `chunks` reads in a background thread, `prefetch`
-  chunks ahead of its consumer, so reading overlaps compute; at most
-  `prefetch + 2` chunks of float32 (and one chunk's bytes as stored) are
-  alive at once. Raw shards (`write_split(shard_format="raw")`) are read
+  do not fit in memory. `chunks` reads and converts in a background thread,
+  `prefetch` chunks ahead of its consumer, so reading overlaps compute; at
+  most `prefetch + 2` chunks of float32 (and one chunk's bytes as stored)
+  are alive at once. Raw shards (`write_split(shard_format="raw")`) are read
   without parsing; TFRecord shards (v1 caches) work too, slower. Half
   precision dtypes are converted to float32 per chunk.
 
@@ -656,115 +652,25 @@ class ShardedFeatures:
     self.meta, self.paths = _complete_shards(out_dir, split, verify,
                                              fingerprint)
     self.where = metadata_path(out_dir, split)
+    self.x_name = f"the features of {self.where}"
+    self.y_name = f"the labels of {self.where}"
     self.num_examples = int(self.meta["num_examples"])
     self.dim = int(self.meta["dim"])
     self.dtype = self.meta["dtype"]
-
-  @property
-  def shape(self):
-    return (self.num_examples, self.dim)
+    self._counts = [s["num_examples"] for s in self.meta["shards"]]
 
   def chunk_bytes(self, rows: int, prefetch: int = 1) -> int:
     """Peak bytes of the chunks alive while iterating `chunks(rows)`."""
     return rows * ((prefetch + 2) * 4 * self.dim + record_bytes(self.meta))
 
-  def _raw_chunks(self, rows):
-    rec = record_bytes(self.meta)
-    store = _np_dtype(self.dtype)
-    width = self.dim * store.itemsize
-    for path, entry in zip(self.paths, self.meta["shards"]):
-      left = entry["num_examples"]
-      with tf.io.gfile.GFile(path, "rb") as f:
-        while left:
-          take = min(rows, left)
-          data = f.read(take * rec)
-          if len(data) != take * rec:
-            raise FeatureCacheError(f"Shard {path} ended early: the metadata "
-                                    f"lists {entry['num_examples']} examples.")
-          buf = np.frombuffer(data, np.uint8).reshape(take, rec)
-          x = _aligned_float32(take, self.dim)
-          x[...] = buf[:, :width].view(store)
-          y = buf[:, width:].copy().view("<i8").reshape(take)
-          del data, buf
-          left -= take
-          yield x, y
-
-  def _record_chunks(self, rows):
-    parts_x, parts_y, have = [], [], 0
-    for path in self.paths:
-      try:
-        for xb, yb in _shard_dataset(path, self.dim, self.dtype, "tfrecord"):
-          parts_x.append(xb.numpy())
-          parts_y.append(yb.numpy())
-          have += len(parts_y[-1])
-          while have >= rows:
-            xs, ys = np.concatenate(parts_x), np.concatenate(parts_y)
-            x = _aligned_float32(rows, self.dim)
-            x[...] = xs[:rows]
-            yield x, ys[:rows]
-            parts_x, parts_y, have = [xs[rows:]], [ys[rows:]], have - rows
-      except tf.errors.OpError as e:
-        raise FeatureCacheError(
-            f"Shard {path} cannot be read: {e.message}") from e
-    if have:
-      xs = np.concatenate(parts_x)
-      x = _aligned_float32(len(xs), self.dim)
-      x[...] = xs
-      yield x, np.concatenate(parts_y)
+  def num_chunks(self, rows: int) -> int:
+    return _layout(self.meta).num_chunks(self._counts, rows)
 
   def chunks(self, rows: int, prefetch: int = 1):
     """Yields (features [<= rows, dim] float32, 64-byte aligned, labels
     [<= rows] int64) over the whole split, in order."""
-    if rows < 1 or prefetch < 0:
-      raise ValueError(f"rows must be >= 1 and prefetch >= 0, got {rows} and "
-                       f"{prefetch}.")
-    read = (self._raw_chunks if _format_of(self.meta) == "raw"
-            else self._record_chunks)
-    if prefetch == 0:
-      yield from read(rows)
-      return
-    ready = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-    end = object()
-
-    def produce():
-      try:
-        for item in read(rows):
-          while not stop.is_set():
-            try:
-              ready.put(item, timeout=0.1)
-              break
-            except queue.Full:
-              continue
-          if stop.is_set():
-            return
-        ready.put(end)
-      except BaseException as e:  # pylint: disable=broad-except
-        ready.put(e)
-
-    thread = threading.Thread(target=produce, daemon=True,
-                              name="ShardedFeatures.chunks")
-    thread.start()
-    try:
-      while True:
-        item = ready.get()
-        if item is end:
-          return
-        if isinstance(item, BaseException):
-          raise item
-        yield item
-        del item
-    finally:
-      stop.set()
-      while thread.is_alive():
-        try:
-          ready.get_nowait()
-        except queue.Empty:
-          thread.join(timeout=0.05)
-
-
-def _aligned_float32(rows: int, dim: int) -> np.ndarray:
-  buf = np.empty(rows * dim * 4 + _ALIGN, np.uint8)
-  offset = (-buf.ctypes.data) % _ALIGN
-  return buf[offset:offset + rows * dim * 4].view(np.float32).reshape(rows,
-                                                                        dim)
+    _check_chunking(rows, prefetch)
+    read = _layout(self.meta).chunks(self.paths, self._counts, rows,
+                                     self.dim, self.dtype, FeatureCacheError)
+    yield from host.in_background(read, prefetch,
+                                  name="ShardedFeatures.chunks")

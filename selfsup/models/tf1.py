@@ -23,6 +23,7 @@ import re
 
 from absl import logging
 
+from selfsup.core import errors
 from selfsup.models import registry
 
 # `scope/kind_N/variable`: kinds and variables that tf.layers creates.
@@ -34,7 +35,7 @@ _BOOKKEEPING = ("global_step",)
 _BN_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
-class TF1CheckpointError(ValueError):
+class TF1CheckpointError(errors.SelfsupError, ValueError):
   """A checkpoint that does not fit the requested backbone."""
 
 

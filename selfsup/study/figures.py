@@ -9,7 +9,7 @@ import os
 import re
 import textwrap
 
-from selfsup.study import report as report_lib
+from selfsup.study import labels
 from selfsup.study.spec import fmt
 
 try:
@@ -19,8 +19,7 @@ try:
 except ImportError:  # pragma: no cover - exercised without the extra
   plt = None
 
-TASKS = ("rotation", "exemplar", "relative_patch_location", "jigsaw",
-         "random_init", "supervised")
+TASKS = labels.TASK_ORDER
 
 
 def draw_all(rows, out):
@@ -43,11 +42,11 @@ def _ctx_name(ctx):
                f"{'all' if not c.get('fraction') else c['fraction']}")
 
 
-_arch = report_lib.arch_label
+_arch = labels.arch_label
 
 
 def _tasks(rows):
-  return report_lib.order({r["task"] for r in rows}, TASKS)
+  return labels.order({r["task"] for r in rows}, TASKS)
 
 
 def _save(fig, out, name, caption):
@@ -71,7 +70,7 @@ def _grid(n):
 def _by_context(rows, exclude=()):
   groups = {}
   for r in rows:
-    groups.setdefault(report_lib.context(r, exclude), []).append(r)
+    groups.setdefault(labels.context(r, exclude), []).append(r)
   return groups
 
 
@@ -81,7 +80,7 @@ def fig2(rows, out):
   pre = [r for r in rows if r["layer"] == "pre_logits"]
   for ctx, sel in _by_context(pre).items():
     tasks = _tasks(sel)
-    archs = report_lib.order(_arch(r) for r in sel)
+    archs = labels.order(_arch(r) for r in sel)
     if len(archs) < 2 and len(tasks) < 2:
       continue
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks) * len(archs) / 2),
@@ -101,11 +100,11 @@ def fig2(rows, out):
     ax.set_xticklabels(tasks, rotation=15)
     ax.set_ylabel("top-1 accuracy [%]")
     ax.set_title("Figure 2: largest width per task\n"
-                 + textwrap.fill(report_lib.describe(ctx), 90), fontsize=7)
+                 + textwrap.fill(labels.describe(ctx), 90), fontsize=7)
     ax.legend(fontsize=7)
     made.append(_save(fig, out, f"fig2_{_ctx_name(ctx)}",
                       f"Figure 2 (architectures at the largest width): "
-                      f"{report_lib.describe(ctx)}"))
+                      f"{labels.describe(ctx)}"))
   return made
 
 
@@ -146,7 +145,7 @@ def fig4(rows, out):
       continue
     fig, axes = _grid(len(tasks))
     for ax, task in zip(axes, tasks):
-      for arch in report_lib.order(_arch(r) for r in sel):
+      for arch in labels.order(_arch(r) for r in sel):
         pts = [r for r in sel if r["task"] == task and
                _arch(r) == arch]
         ax.scatter([100 * r["pretext"] for r in pts],
@@ -157,7 +156,7 @@ def fig4(rows, out):
     axes[0].legend(fontsize=7)
     made.append(_save(fig, out, f"fig4_{_ctx_name(ctx)}",
                       "Figure 4 (pretext accuracy vs downstream accuracy, "
-                      f"pre-logits): {report_lib.describe(ctx)}"))
+                      f"pre-logits): {labels.describe(ctx)}"))
   return made
 
 
@@ -169,12 +168,12 @@ def fig5(rows, out):
       continue
     tasks = _tasks(sel)
     fig, axes = _grid(len(tasks))
-    layers = report_lib.order({r["layer"] for r in sel},
-                               report_lib.LAYER_ORDER)
+    layers = labels.order({r["layer"] for r in sel},
+                               labels.LAYER_ORDER)
     for ax, task in zip(axes, tasks):
       cand = [r for r in sel if r["task"] == task]
       widest = max(r["width"] for r in cand)
-      for arch in report_lib.order(_arch(r) for r in cand):
+      for arch in labels.order(_arch(r) for r in cand):
         pts = {r["layer"]: r for r in cand if r["width"] == widest and
                _arch(r) == arch}
         xs = [i for i, l in enumerate(layers) if l in pts]
@@ -186,7 +185,7 @@ def fig5(rows, out):
       ax.set_ylabel("top-1 [%]")
     axes[0].legend(fontsize=7)
     made.append(_save(fig, out, f"fig5_{_ctx_name(ctx)}",
-                      f"Figure 5 (layer by layer): {report_lib.describe(ctx)}"))
+                      f"Figure 5 (layer by layer): {labels.describe(ctx)}"))
   return made
 
 
@@ -198,7 +197,7 @@ def fig6(rows, out):
   for ctx, sel in _by_context(pre).items():
     if len({r["representation_size"] for r in sel}) < 2:
       continue
-    groups = report_lib.order((r["task"], r["backbone"]) for r in sel)
+    groups = labels.order((r["task"], r["backbone"]) for r in sel)
     fig, axes = _grid(len(groups))
     for ax, (task, backbone) in zip(axes, groups):
       cand = [r for r in sel if r["task"] == task and r["backbone"] == backbone]
@@ -214,7 +213,7 @@ def fig6(rows, out):
       ax.legend(fontsize=7, title="width")
     made.append(_save(fig, out, f"fig6_{_ctx_name(ctx)}",
                       "Figure 6 (widening factor x representation size): "
-                      f"{report_lib.describe(ctx)}"))
+                      f"{labels.describe(ctx)}"))
   return made
 
 
@@ -229,7 +228,7 @@ def fig7(rows, out):
     fig, axes = _grid(len(tasks))
     for ax, task in zip(axes, tasks):
       cand = [r for r in sel if r["task"] == task]
-      for arch in report_lib.order(_arch(r) for r in cand):
+      for arch in labels.order(_arch(r) for r in cand):
         for fraction in sorted({r["fraction"] or 1.0 for r in cand}):
           pts = sorted((r["width"], 100 * r["top1"]) for r in cand
                        if (r["fraction"] or 1.0) == fraction and
@@ -242,7 +241,7 @@ def fig7(rows, out):
     axes[0].legend(fontsize=6)
     made.append(_save(fig, out, f"fig7_{_ctx_name(ctx)}",
                       "Figure 7 (low data: 100% and subsets of the training "
-                      f"data): {report_lib.describe(ctx)}"))
+                      f"data): {labels.describe(ctx)}"))
   return made
 
 

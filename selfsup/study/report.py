@@ -14,52 +14,9 @@ import os
 import re
 
 from selfsup.study import results as results_lib
+from selfsup.study.labels import (LAYER_ORDER, TASK_ORDER, arch_label,
+                                  context, describe, order)
 from selfsup.study.spec import fmt
-
-# Keys that identify one cell's artefacts rather than an evaluation setting:
-# they must not split a table into one table per cell.
-_IDENTITY = re.compile(r"^(key|time|date|export|features.*|source_args)$|"
-                       r"fingerprint|sha256|hash|checksum|workdir|path|_dir$")
-_ROW_AXES = ("backbone", "option", "representation_size", "seed")
-LAYER_ORDER = ("after_root", "block1", "block2", "block3", "block4",
-               "pre_logits", "logits")
-
-
-def context_keys(row):
-  """The settings of `row` that define which table it belongs in."""
-  keys = [k for k in row["_settings"]
-          if k != "layer" and not _IDENTITY.search(k)]
-  return ("pretrain_source",) + tuple(keys)
-
-
-def context(row, exclude=()):
-  return tuple((k, row.get(k)) for k in context_keys(row) if k not in exclude)
-
-
-def describe(ctx):
-  """A context as a sentence: the data, split and protocol."""
-  c = dict(ctx)
-  fraction = c.pop("fraction", None)
-  text = (f"pretrained on {c.pop('pretrain_source', None) or '?'}; evaluated "
-          f"on {c.pop('source', '?')} split {c.pop('eval_split', '?')} "
-          f"(trained on {c.pop('train_split', 'train')}, "
-          f"{'all' if not fraction else f'{100 * fraction:g}%'} of it); "
-          f"protocol {c.pop('protocol', '?')}")
-  extra = ", ".join(f"{k}={v}" for k, v in sorted(c.items(), key=str)
-                    if v is not None)
-  return text + (f" ({extra})" if extra else "")
-
-
-def arch_label(row):
-  parts = [row["backbone"]]
-  if row.get("option"):
-    parts.append(row["option"])
-  if row.get("representation_size"):
-    parts.append(f"r{row['representation_size']}")
-  if row.get("seed") is not None:
-    parts.append(f"seed {row['seed']}")
-  return " ".join(parts)
-
 
 def column_label(row):
   return f"{row['task']} x{fmt(row['width'])}"
@@ -88,13 +45,6 @@ def paper_value(row, index):
   return index.get(paper_key(keyed))
 
 
-def order(values, first=()):
-  """Distinct `values`, those in `first` first (in its order), then sorted."""
-  values = list(dict.fromkeys(values))
-  return sorted(values, key=lambda v: (first.index(v) if v in first else
-                                       len(first), str(v)))
-
-
 def main_tables(rows, paper):
   """[(context, header, body rows, notes)] for the pre-logits results."""
   index = paper_index(paper)
@@ -102,9 +52,7 @@ def main_tables(rows, paper):
   pre = [r for r in rows if r["layer"] == "pre_logits"]
   for ctx in order(context(r) for r in pre):
     sel = [r for r in pre if context(r) == ctx]
-    tasks = order((r["task"] for r in sel),
-                   ("rotation", "exemplar", "relative_patch_location",
-                    "jigsaw", "random_init", "supervised"))
+    tasks = order((r["task"] for r in sel), TASK_ORDER)
     columns = []
     for task in tasks:
       widths = sorted({r["width"] for r in sel if r["task"] == task})
