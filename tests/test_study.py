@@ -44,8 +44,8 @@ def test_grid_expansion_and_names():
   params = cell.pretrain["params"]
   assert params[-len(spec_lib.RANDOM_INIT_PARAMS):] == list(
       spec_lib.RANDOM_INIT_PARAMS)
-  assert "TrainConfig.base_lr = 1e-9" in params
-  assert "TrainConfig.train_steps = 0" not in params
+  assert "TrainConfig.bn_recalibration_batches = 60" in params
+  assert "TrainConfig.train_steps = 0" in params  # weights untouched
   assert ('build_task.backbone_kwargs = {"skip_connections": False}'
           in cell.pretrain["params"])
   # lbfgs x 2 fractions + sgd_linear x 2 fractions x 2 schedules
@@ -153,8 +153,8 @@ study.params = ("build_task.image_size = 16",
                 "TrainConfig.train_steps = 4", "TrainConfig.steps_per_loop = 2",
                 "TrainConfig.checkpoint_steps = 2",
                 "TrainConfig.eval_batches = 1")
-study.random_init_params = ("TrainConfig.train_steps=4",
-                            "TrainConfig.base_lr = 1e-9")
+study.random_init_params = ("TrainConfig.train_steps = 0",
+                            "TrainConfig.bn_recalibration_batches = 2")
 study.evaluations = ("lbfgs",)
 study.layers = ("block4", "pre_logits")
 study.eval_params = ("linear_eval.max_iter = 50",)

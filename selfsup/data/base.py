@@ -4,6 +4,8 @@ import abc
 import numpy as np
 import tensorflow as tf
 
+from selfsup.core.checks import ConfigError
+
 
 class Source(abc.ABC):
   """A labelled image dataset with named splits, read as tf.data.
@@ -24,7 +26,7 @@ class Source(abc.ABC):
   def check_split(self, split):
     """Raises ValueError unless `split` is one of `self.splits`."""
     if split not in self.splits:
-      raise ValueError(f"Unknown split {split!r} for source {self.name!r}; "
+      raise ConfigError(f"Unknown split {split!r} for source {self.name!r}; "
                        f"choose one of {self.splits}.")
 
   def num_examples(self, split):

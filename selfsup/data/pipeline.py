@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from selfsup import preprocess
 from selfsup.core.keys import SEED_KEY
+from selfsup.core.checks import ConfigError
 
 # Pipeline i > 0 of a multi-host run uses seed + i * _PIPELINE_SEED_STRIDE, so
 # hosts draw different augmentations.
@@ -96,7 +97,7 @@ def make_pipeline(source, split, spec, *, batch_size, training, seed=None,
   per_replica_batch = (input_context.get_per_replica_batch_size(batch_size)
                        if input_context is not None else int(batch_size))
   if per_replica_batch < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size!r}.")
+    raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}.")
   if seed is not None and input_context is not None:
     seed = int(seed) + _PIPELINE_SEED_STRIDE * input_context.input_pipeline_id
   example_fn = _preprocess_fn(spec, training)

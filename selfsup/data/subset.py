@@ -11,6 +11,7 @@ import numpy as np
 
 from selfsup.data import base
 from selfsup.data import tfds_source
+from selfsup.core.checks import ConfigError
 
 TRAINING_SPLITS = ("train", "trainval")
 
@@ -47,11 +48,11 @@ class Subset(base.Source):
 
   def __init__(self, source, fraction, *, seed=0, splits=None):
     if not 0.0 < float(fraction) <= 1.0:
-      raise ValueError(f"fraction must be in (0, 1], got {fraction!r}.")
+      raise ConfigError(f"fraction must be in (0, 1], got {fraction!r}.")
     if splits is None:
       splits = tuple(s for s in TRAINING_SPLITS if s in source.splits)
       if not splits:
-        raise ValueError(f"{source.name} has none of the training splits "
+        raise ConfigError(f"{source.name} has none of the training splits "
                          f"{TRAINING_SPLITS}; pass splits= (one of "
                          f"{source.splits}).")
     for split in splits:

@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from selfsup.data import base
 from selfsup.data import decode
+from selfsup.core.checks import ConfigError
 
 # Hashes for subsets are drawn in [0, _BUCKETS).
 _BUCKETS = 2**31 - 1
@@ -60,7 +61,7 @@ def _builder(tfds_name, data_dir, version, download=None):
     builder = tfds.builder(full_name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     close = difflib.get_close_matches(tfds_name, tfds.list_builders(), n=5)
-    raise ValueError(  # pylint: disable=raise-missing-from
+    raise ConfigError(  # pylint: disable=raise-missing-from
         f"Unknown TFDS dataset {full_name!r}"
         + (f"; did you mean one of {close}?" if close else "")
         + " tfds.list_builders() lists them all.") from None
@@ -115,10 +116,10 @@ class TFDSSource(base.Source):
     _check_feature(features, image_key, tfds.features.Image, tfds_name)
     _check_feature(features, label_key, tfds.features.ClassLabel, tfds_name)
     if key_feature not in features:
-      raise ValueError(f"{tfds_name} has no feature {key_feature!r} to name "
+      raise ConfigError(f"{tfds_name} has no feature {key_feature!r} to name "
                        f"examples by; its features: {sorted(features)}.")
     if image_size is not None and int(image_size) < 1:
-      raise ValueError(f"{name}: image_size must be a positive side or None, "
+      raise ConfigError(f"{name}: image_size must be a positive side or None, "
                        f"got {image_size!r}.")
     self.num_classes = features[label_key].num_classes
     self.key_feature = key_feature
@@ -137,7 +138,7 @@ class TFDSSource(base.Source):
       total = available[tfds_split].num_examples
       start, end, _ = slice(start, end).indices(total)
       if end <= start:
-        raise ValueError(f"{name}: split {split!r} = {tfds_split}[{start}:"
+        raise ConfigError(f"{name}: split {split!r} = {tfds_split}[{start}:"
                          f"{end}] is empty ({tfds_split} has {total} images).")
       self._ranges[split] = (tfds_split, start, end)
     self.splits = tuple(self._ranges)
@@ -200,7 +201,7 @@ class TFDSSource(base.Source):
 def _check_feature(features, key, kind, tfds_name):
   if key not in features or not isinstance(features[key], kind):
     found = {k: type(v).__name__ for k, v in features.items()}
-    raise ValueError(f"{tfds_name}: expected a {kind.__name__} feature "
+    raise ConfigError(f"{tfds_name}: expected a {kind.__name__} feature "
                      f"{key!r}; its features are {found}. Pass image_key= / "
                      "label_key= to name them.")
 
@@ -276,18 +277,18 @@ def tfds_dataset(dataset, data_dir=None, *, holdout=None, image_size=None,
       image and a class label, or a `holdout` that leaves nothing.
   """
   if not isinstance(dataset, str) or not dataset:
-    raise ValueError(f"tfds: dataset must be a TFDS name such as 'cifar10', "
+    raise ConfigError(f"tfds: dataset must be a TFDS name such as 'cifar10', "
                      f"got {dataset!r}.")
   builder = _builder(dataset, data_dir, version, download=bool(download))
   available = builder.info.splits
   if "train" not in available:
-    raise ValueError(f"{dataset} has no TFDS split 'train' to hold `val` out "
+    raise ConfigError(f"{dataset} has no TFDS split 'train' to hold `val` out "
                      f"of; its splits: {sorted(available)}.")
   n_train = available["train"].num_examples
   if holdout is None:
     holdout = max(1, int(round(0.1 * n_train)))
   if not 0 < int(holdout) < n_train:
-    raise ValueError(f"{dataset}: holdout must be in [1, {n_train}) (the "
+    raise ConfigError(f"{dataset}: holdout must be in [1, {n_train}) (the "
                      f"TFDS train split), got {holdout!r}.")
   holdout = int(holdout)
   ranges = {"train": ("train", holdout, None), "val": ("train", 0, holdout),

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from selfsup.preprocess import randomness
 from selfsup.preprocess.registry import register
+from selfsup.core.checks import ConfigError
 
 _RESIZE_METHODS = ("area", "bicubic", "bilinear", "gaussian", "lanczos3",
                    "lanczos5", "mitchellcubic", "nearest")
@@ -22,7 +23,7 @@ def to_pair(size, what="size"):
   pair = (size, size) if isinstance(size, int) else tuple(size)
   if len(pair) != 2 or not all(
       isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair):
-    raise ValueError(f"{what} must be a positive int or a pair (h, w) of "
+    raise ConfigError(f"{what} must be a positive int or a pair (h, w) of "
                      f"them, got {size!r}")
   return pair
 
@@ -30,10 +31,10 @@ def to_pair(size, what="size"):
 def get_image(features, ranks=(3,)):
   """Returns features["image"] as a tensor after checking its static rank."""
   if "image" not in features:
-    raise ValueError(f"no 'image' in the features (keys: {sorted(features)})")
+    raise ConfigError(f"no 'image' in the features (keys: {sorted(features)})")
   image = tf.convert_to_tensor(features["image"])
   if image.shape.rank not in ranks:
-    raise ValueError(f"expected an image of rank {' or '.join(map(str, ranks))}"
+    raise ConfigError(f"expected an image of rank {' or '.join(map(str, ranks))}"
                      f", got shape {image.shape}")
   return image
 
@@ -52,7 +53,7 @@ def to_dtype(image, dtype):
 
 def _check_method(method):
   if method not in _RESIZE_METHODS:
-    raise ValueError(f"unknown resize method {method!r}; choose one of "
+    raise ConfigError(f"unknown resize method {method!r}; choose one of "
                      f"{', '.join(_RESIZE_METHODS)}")
 
 
@@ -61,7 +62,7 @@ def crop_window(image, y, x, h, w):
   rank = image.shape.rank
   height, width = image.shape[-3], image.shape[-2]
   if (height is not None and height < h) or (width is not None and width < w):
-    raise ValueError(f"cannot crop {h}x{w} out of an image of shape "
+    raise ConfigError(f"cannot crop {h}x{w} out of an image of shape "
                      f"{image.shape}")
   shape = tf.shape(image)
   checks = [tf.debugging.assert_greater_equal(
@@ -94,17 +95,17 @@ def get_decode():
 
   def decode(features):
     if "image" not in features:
-      raise ValueError(f"no 'image' in the features (keys: {sorted(features)})")
+      raise ConfigError(f"no 'image' in the features (keys: {sorted(features)})")
     image = tf.convert_to_tensor(features["image"])
     if image.dtype == tf.string:
       if image.shape.rank != 0:
-        raise ValueError(f"decode expects one encoded image (a scalar string),"
+        raise ConfigError(f"decode expects one encoded image (a scalar string),"
                          f" got shape {image.shape}")
       image = tf.io.decode_image(image, channels=3, expand_animations=False)
       image.set_shape([None, None, 3])
       return with_image(features, image)
     if image.dtype != tf.uint8 or image.shape.rank != 3:
-      raise ValueError(f"decode expects encoded bytes or a uint8 [H, W, C] "
+      raise ConfigError(f"decode expects encoded bytes or a uint8 [H, W, C] "
                        f"image, got {image.dtype.name} of shape {image.shape}")
     channels = image.shape[-1]
     if channels == 1:
@@ -112,7 +113,7 @@ def get_decode():
     elif channels == 4:
       image = image[..., :3]
     elif channels != 3:
-      raise ValueError(f"decode expects 1, 3 or 4 channels, got {channels}")
+      raise ConfigError(f"decode expects 1, 3 or 4 channels, got {channels}")
     return with_image(features, image)
 
   return decode
@@ -190,13 +191,13 @@ def get_inception_crop(size, area_min=8, area_max=100, aspect_min=3 / 4,
   h, w = to_pair(size)
   _check_method(method)
   if not 0 < area_min <= area_max <= 100:
-    raise ValueError(f"need 0 < area_min <= area_max <= 100, got "
+    raise ConfigError(f"need 0 < area_min <= area_max <= 100, got "
                      f"{area_min}, {area_max}")
   if not 0 < aspect_min <= aspect_max:
-    raise ValueError(f"need 0 < aspect_min <= aspect_max, got "
+    raise ConfigError(f"need 0 < aspect_min <= aspect_max, got "
                      f"{aspect_min}, {aspect_max}")
   if not 0 < central_fraction <= 1:
-    raise ValueError(f"need 0 < central_fraction <= 1, got {central_fraction}")
+    raise ConfigError(f"need 0 < central_fraction <= 1, got {central_fraction}")
 
   def inception_crop(features):
     image = get_image(features)

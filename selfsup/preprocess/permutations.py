@@ -13,6 +13,8 @@ import struct
 
 import numpy as np
 
+from selfsup.core import errors
+
 _ASSET = "permutations_100_max.bin"
 
 
@@ -31,11 +33,11 @@ def parse_permutations(data, source="<bytes>"):
       0..length-1 or two rows are equal.
   """
   if len(data) < 8:
-    raise ValueError(f"{source}: too short for the 8-byte header "
+    raise errors.DataError(f"{source}: too short for the 8-byte header "
                      f"({len(data)} bytes).")
   count, length = struct.unpack("<ii", data[:8])
   if count <= 0 or length <= 0 or len(data) != 8 + 4 * count * length:
-    raise ValueError(
+    raise errors.DataError(
         f"{source}: header says {count} permutations of length {length}, "
         f"which needs {8 + 4 * max(count * length, 0)} bytes; the file has "
         f"{len(data)}.")
@@ -45,11 +47,11 @@ def parse_permutations(data, source="<bytes>"):
   bad = [i for i, row in enumerate(perms)
          if not np.array_equal(np.sort(row), expected)]
   if bad:
-    raise ValueError(
+    raise errors.DataError(
         f"{source}: row {bad[0]} ({(perms[bad[0]] + 1).tolist()}, 1-based) "
         f"is not a permutation of 1..{length}.")
   if len(np.unique(perms, axis=0)) != count:
-    raise ValueError(f"{source}: the {count} permutations are not distinct.")
+    raise errors.DataError(f"{source}: the {count} permutations are not distinct.")
   return perms
 
 

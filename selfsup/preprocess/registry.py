@@ -16,6 +16,7 @@ import re
 import tensorflow as tf
 
 from selfsup.core.registry import Registry
+from selfsup.core.checks import ConfigError
 
 # The registered op factories, by the name spec strings use.
 OPS = Registry("preprocessing op")
@@ -40,7 +41,7 @@ def register(name):
     ValueError: if `name` is not an identifier or is already registered.
   """
   if not isinstance(name, str) or not name.isidentifier():
-    raise ValueError(f"Op name must be a Python identifier, got {name!r}.")
+    raise ConfigError(f"Op name must be a Python identifier, got {name!r}.")
 
   return OPS.register(name)
 
@@ -68,7 +69,7 @@ def _split_ops(spec):
       continue
     current.append(char)
   if quote or closers:
-    raise ValueError("unbalanced brackets or quotes")
+    raise ConfigError("unbalanced brackets or quotes")
   parts.append("".join(current))
   return [p.strip() for p in parts]
 
@@ -77,37 +78,37 @@ def _parse_op(op):
   """Parses `name(arg, key=value)` into (name, args, kwargs)."""
   match = _OP_RE.match(op)
   if not match:
-    raise ValueError("expected `name` or `name(arguments)`")
+    raise ConfigError("expected `name` or `name(arguments)`")
   name, arg_text = match.group(1), match.group(2)
   if not arg_text or not arg_text.strip():
     return name, (), {}
   try:
     call = ast.parse(f"_op({arg_text})", mode="eval").body
   except SyntaxError as err:
-    raise ValueError(f"cannot parse the arguments: {err.msg}") from None
+    raise ConfigError(f"cannot parse the arguments: {err.msg}") from None
   if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
           and call.func.id == "_op"):
-    raise ValueError("expected `name` or `name(arguments)`")
+    raise ConfigError("expected `name` or `name(arguments)`")
   try:
     args = []
     for node in call.args:
       if isinstance(node, ast.Starred):
-        raise ValueError("*args is not allowed")
+        raise ConfigError("*args is not allowed")
       args.append(ast.literal_eval(node))
     kwargs = {}
     for keyword in call.keywords:
       if keyword.arg is None:
-        raise ValueError("**kwargs is not allowed")
+        raise ConfigError("**kwargs is not allowed")
       kwargs[keyword.arg] = ast.literal_eval(keyword.value)
   except ValueError as err:
-    raise ValueError(f"arguments must be Python literals ({err})") from None
+    raise ConfigError(f"arguments must be Python literals ({err})") from None
   return name, tuple(args), kwargs
 
 
 def _build_op(name, args, kwargs, training):
   """Calls the registered factory after checking the arguments bind."""
   if name not in OPS:
-    raise ValueError(f"unknown op {name!r}; known ops: "
+    raise ConfigError(f"unknown op {name!r}; known ops: "
                      f"{', '.join(list_ops())}")
   factory, _ = OPS.lookup(name)
   signature = inspect.signature(factory)
@@ -116,12 +117,12 @@ def _build_op(name, args, kwargs, training):
   try:
     signature.bind(*args, **kwargs)
   except TypeError as err:
-    raise ValueError(f"bad arguments: {err}; expected {name}{signature}") \
+    raise ConfigError(f"bad arguments: {err}; expected {name}{signature}") \
         from None
   try:
     return factory(*args, **kwargs)
   except TypeError as err:  # A value of the wrong type, e.g. crop(None).
-    raise ValueError(f"bad arguments: {err}") from None
+    raise ConfigError(f"bad arguments: {err}") from None
 
 
 def get(spec, training):
@@ -146,33 +147,33 @@ def get(spec, training):
       raised, with the same quoting, when the function is first called.
   """
   if not isinstance(spec, str):
-    raise ValueError(f"A preprocessing spec must be a string, got {spec!r}.")
+    raise ConfigError(f"A preprocessing spec must be a string, got {spec!r}.")
   try:
     op_texts = _split_ops(spec) if spec.strip() else []
   except ValueError as err:
-    raise ValueError(f"Bad preprocessing spec {spec!r}: {err}.") from None
+    raise ConfigError(f"Bad preprocessing spec {spec!r}: {err}.") from None
   ops = []
   for op_text in op_texts:
     try:
       if not op_text:
-        raise ValueError("empty op (two `|` in a row, or a trailing `|`?)")
+        raise ConfigError("empty op (two `|` in a row, or a trailing `|`?)")
       name, args, kwargs = _parse_op(op_text)
       ops.append((op_text, _build_op(name, args, kwargs, training)))
     except ValueError as err:
-      raise ValueError(
+      raise ConfigError(
           f"Bad preprocessing spec {spec!r}, op {op_text!r}: {err}") from None
 
   @tf.autograph.experimental.do_not_convert
   def apply(features):
     if not isinstance(features, dict):
-      raise ValueError(f"Preprocessing spec {spec!r} expects a dict of "
+      raise ConfigError(f"Preprocessing spec {spec!r} expects a dict of "
                        f"features, got {type(features).__name__}.")
     features = dict(features)
     for op_text, fn in ops:
       try:
         features = fn(features)
       except ValueError as err:
-        raise ValueError(f"Preprocessing spec {spec!r}, op {op_text!r} "
+        raise ConfigError(f"Preprocessing spec {spec!r}, op {op_text!r} "
                          f"failed: {err}") from err
     return features
 

@@ -16,6 +16,7 @@ import re
 import gin
 
 from selfsup.core import gin_files
+from selfsup.core.checks import ConfigError
 
 # The packaged configs (an installed wheel's selfsup/gin, a checkout's gin/).
 GIN_DIR = gin_files.gin_dir() or os.path.join(os.path.dirname(
@@ -25,15 +26,13 @@ GIN_DIR = gin_files.gin_dir() or os.path.join(os.path.dirname(
 BASELINES = ("random_init", "supervised")
 # The random-init baseline's weights stay at their initialisation, but its
 # batch-norm statistics are measured on the data, as the pretrained cells'
-# are (and as bin/demo's baseline): 60 steps at a learning rate too small to
-# move a weight. Exported at 0 steps, the statistics stay at their initial
-# values (mean 0, variance 1) and the features unnormalised. Applied after
-# every other binding of the cell; `study.random_init_params` replaces them.
-RANDOM_INIT_PARAMS = ("TrainConfig.train_steps = 60",
-                      "TrainConfig.base_lr = 1e-9",
-                      "TrainConfig.warmup_epochs = 0",
-                      "TrainConfig.steps_per_loop = 20",
-                      "TrainConfig.checkpoint_steps = 60")
+# are (and as bin/demo's baseline): exported at step 0 after a batch-norm
+# recalibration on 60 training batches (`Trainer.recalibrate_batch_norm`).
+# Left at their initial values (mean 0, variance 1) the features would be
+# unnormalised. Applied after every other binding of the cell;
+# `study.random_init_params` replaces them.
+RANDOM_INIT_PARAMS = ("TrainConfig.train_steps = 0",
+                      "TrainConfig.bn_recalibration_batches = 60")
 SGD_EVALUATIONS = ("sgd_linear", "mlp")
 _NAME = re.compile(r"^[A-Za-z0-9_.=+-]+$")
 
@@ -113,7 +112,7 @@ def study(name=gin.REQUIRED, tasks=gin.REQUIRED, backbones=gin.REQUIRED,
   unknown = sorted(set(kwargs) - known)
   if unknown:
     others = sorted(known - {"name", "tasks", "backbones", "widths"})
-    raise ValueError(f"study got unknown settings {unknown}: expected some "
+    raise ConfigError(f"study got unknown settings {unknown}: expected some "
                      f"of {others}.")
   return make_spec(name=name, tasks=tasks, backbones=backbones, widths=widths,
                    **kwargs)
@@ -123,16 +122,16 @@ def make_spec(**fields):
   """A checked `StudySpec`: every bad field is named with what is expected."""
   spec = StudySpec(**fields)
   if not isinstance(spec.name, str) or not spec.name.strip():
-    raise ValueError(f"study.name={spec.name!r} is not valid: expected a "
+    raise ConfigError(f"study.name={spec.name!r} is not valid: expected a "
                      f"non-empty title.")
   for field in ("tasks", "backbones", "widths"):
     if not _seq(getattr(spec, field)):
-      raise ValueError(f"study.{field}={getattr(spec, field)!r} is not valid: "
+      raise ConfigError(f"study.{field}={getattr(spec, field)!r} is not valid: "
                        f"expected a non-empty list.")
   for task in tuple(spec.tasks) + (spec.random_init_task,):
     _check_str("tasks", task)
     if not os.path.exists(os.path.join(GIN_DIR, f"{task}.gin")):
-      raise ValueError(f"task {task!r} has no gin file gin/{task}.gin: "
+      raise ConfigError(f"task {task!r} has no gin file gin/{task}.gin: "
                        f"expected one of {_task_names()}.")
   for backbone in spec.backbones:
     _check_str("backbones", backbone)
@@ -141,33 +140,33 @@ def make_spec(**fields):
   for width in widths:
     if isinstance(width, bool) or not isinstance(width, (int, float)) or (
         width <= 0):
-      raise ValueError(f"width {width!r} is not valid: expected a positive "
+      raise ConfigError(f"width {width!r} is not valid: expected a positive "
                        f"number.")
   for task in spec.task_widths:
     if task not in tuple(spec.tasks) + tuple(spec.baselines):
-      raise ValueError(f"study.task_widths names {task!r}, which is not in "
+      raise ConfigError(f"study.task_widths names {task!r}, which is not in "
                        f"study.tasks={tuple(spec.tasks)} or study.baselines="
                        f"{tuple(spec.baselines)}.")
   for size in spec.representation_sizes:
     if size is not None and (not isinstance(size, int) or size <= 0):
-      raise ValueError(f"representation size {size!r} is not valid: expected "
+      raise ConfigError(f"representation size {size!r} is not valid: expected "
                        f"None or a positive int.")
   if not isinstance(spec.backbone_options, dict) or not spec.backbone_options:
-    raise ValueError(f"study.backbone_options={spec.backbone_options!r} is "
+    raise ConfigError(f"study.backbone_options={spec.backbone_options!r} is "
                      f"not valid: expected a non-empty dict label -> kwargs.")
   for label, kwargs in spec.backbone_options.items():
     if label and not _NAME.match(label):
-      raise ValueError(f"backbone option label {label!r} is not valid: "
+      raise ConfigError(f"backbone option label {label!r} is not valid: "
                        f"expected letters, digits, '_', '.', '-'.")
     if not isinstance(kwargs, dict):
-      raise ValueError(f"backbone option {label!r}: {kwargs!r} is not a dict.")
+      raise ConfigError(f"backbone option {label!r}: {kwargs!r} is not a dict.")
   for baseline in spec.baselines:
     if baseline not in BASELINES:
-      raise ValueError(f"baseline {baseline!r} is not valid: expected some "
+      raise ConfigError(f"baseline {baseline!r} is not valid: expected some "
                        f"of {BASELINES}.")
   for fraction in spec.fractions:
     if fraction is not None and not 0 < fraction <= 1:
-      raise ValueError(f"fraction {fraction!r} is not valid: expected None "
+      raise ConfigError(f"fraction {fraction!r} is not valid: expected None "
                        f"or a number in (0, 1].")
   for name in spec.evaluations:
     _eval_file(name)
@@ -175,7 +174,7 @@ def make_spec(**fields):
                 "eval_flags", "random_init_params"):
     value = getattr(spec, field)
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
-      raise ValueError(f"study.{field}={value!r} is not valid: expected a "
+      raise ConfigError(f"study.{field}={value!r} is not valid: expected a "
                        f"list of strings.")
   for label, schedule in (spec.sgd_schedules or {}).items():
     sgd_kwargs(label, schedule)
@@ -188,7 +187,7 @@ def _seq(value):
 
 def _check_str(field, value):
   if not isinstance(value, str) or not value or not _NAME.match(value):
-    raise ValueError(f"study.{field}: {value!r} is not valid: expected a "
+    raise ConfigError(f"study.{field}: {value!r} is not valid: expected a "
                      f"non-empty name of letters, digits, '_', '.', '-'.")
 
 
@@ -204,7 +203,7 @@ def _eval_file(name):
   path = os.path.join(GIN_DIR, "eval", f"{name}.gin")
   if not os.path.exists(path):
     choices = sorted(f[:-4] for f in os.listdir(os.path.join(GIN_DIR, "eval")))
-    raise ValueError(f"evaluation {name!r} has no file gin/eval/{name}.gin: "
+    raise ConfigError(f"evaluation {name!r} has no file gin/eval/{name}.gin: "
                      f"expected one of {choices} or a path ending in .gin.")
   return f"gin/eval/{name}.gin"
 
@@ -218,7 +217,7 @@ def sgd_kwargs(label, schedule):
       schedule > 0):
     return {"epochs": schedule + 40, "decay_epochs": (schedule,
                                                       schedule + 20)}
-  raise ValueError(f"SGD schedule {label!r}: {schedule!r} is not valid: "
+  raise ConfigError(f"SGD schedule {label!r}: {schedule!r} is not valid: "
                    f"expected a first-decay epoch (positive int) or a dict "
                    f"of sgd_kwargs.")
 
@@ -287,7 +286,7 @@ def expand(spec):
   names = [c.name for c in cells]
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
-    raise ValueError(f"study {spec.name!r}: cells {duplicates} share a name: "
+    raise ConfigError(f"study {spec.name!r}: cells {duplicates} share a name: "
                      f"expected distinct axis values.")
   return cells
 

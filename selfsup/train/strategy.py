@@ -4,6 +4,8 @@ import os
 
 import tensorflow as tf
 
+from selfsup.core.checks import ConfigError
+
 KINDS = ("auto", "tpu", "multi_worker", "mirrored", "default")
 
 
@@ -18,7 +20,7 @@ def make_strategy(kind="auto", tpu=None):
     tpu: TPU name or address ("local" on a TPU VM) for TPUStrategy.
   """
   if kind not in KINDS:
-    raise ValueError(f"strategy kind={kind!r} is not valid: expected one of "
+    raise ConfigError(f"strategy kind={kind!r} is not valid: expected one of "
                      f"{KINDS}.")
   if kind == "auto":
     kind = _detect(tpu)
