@@ -25,6 +25,7 @@ import pytest
 import tensorflow as tf
 
 import selfsup.models
+from tests import tf1_reference_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(os.path.dirname(ROOT), "shared", "reference",
@@ -44,30 +45,13 @@ needs_reference = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def references(tmp_path_factory):
-  """{(width, seed): folder} with the nine references each, made in parallel
-  subprocesses."""
-  base = tmp_path_factory.mktemp("tf1_reference")
-  procs = {}
-  for width, seed in SETTINGS:
-    out = base / f"k{width}_s{seed}"
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
-               TF1REF_WIDTH=str(width), TF1REF_SEED=str(seed),
-               CUDA_VISIBLE_DEVICES="")
-    log = open(base / f"k{width}_s{seed}.log", "w")  # pylint: disable=consider-using-with
-    procs[(width, seed)] = (out, log, subprocess.Popen(
-        [sys.executable, SCRIPT, str(out)], env=env, stdout=log,
-        stderr=subprocess.STDOUT))
-  folders = {}
-  for key, (out, log, proc) in procs.items():
-    code = proc.wait(timeout=1500)
-    log.close()
-    if code:
-      with open(log.name) as f:
-        tail = f.read()[-3000:]
-      pytest.fail(f"make_reference.py failed for width/seed {key}:\n{tail}")
-    folders[key] = str(out)
-  return folders
+def references():
+  """{(width, seed): folder} with the nine references each, made once per
+  machine (tests/tf1_reference_data.py caches them)."""
+  try:
+    return tf1_reference_data.references(SETTINGS)
+  except RuntimeError as err:
+    pytest.fail(str(err))
 
 
 def _expected(config, reference):
@@ -331,3 +315,72 @@ def test_import_then_linear_eval_end_to_end(references, tmp_path):
   # The reference's random weights still give digit features far above
   # chance (10%).
   assert 0.3 < result["top1"] <= 1.0, result
+
+
+# ---------------------------------------------------------------------------
+# load_tf1(path, "auto"): the architecture read off the variables.
+
+
+def _manifest(folder):
+  with open(os.path.join(folder, "manifest.json")) as f:
+    return json.load(f)
+
+
+@needs_reference
+def test_auto_infers_architecture_and_width_at_two_widths(references):
+  """Every reference configuration at both widths: the (-) and patch
+  variants share their parent's variables, so "auto" names the parent."""
+  from selfsup.models import tf1  # pylint: disable=import-outside-toplevel
+  for setting in SETTINGS:
+    folder = references[setting]
+    for config, entry in _manifest(folder).items():
+      name, width, kwargs = tf1.infer(os.path.join(folder, config,
+                                                   "model.ckpt"))[0]
+      parent = {"resnet50_v2_minus": "resnet50_v2",
+                "revnet50_minus": "revnet50"}.get(entry["selfsup"],
+                                                  entry["selfsup"])
+      assert (name, width) == (parent, entry["width"]), (config, setting)
+      if name.startswith("vgg"):
+        assert kwargs["input_shape"] == (entry["size"], entry["size"], 3)
+
+
+@needs_reference
+@pytest.mark.parametrize("config,setting", [
+    ("resnet50_v2_patch", SETTINGS[1]), ("vgg19", SETTINGS[0]),
+    ("revnet50_minus", SETTINGS[0])])
+def test_auto_loads_what_the_authors_model_computes(references, config,
+                                                    setting):
+  folder = references[setting]
+  entry = _manifest(folder)[config]
+  reference = dict(np.load(os.path.join(folder, config, "endpoints.npz")))
+  with _absl_info() as lines:
+    model = selfsup.models.load_tf1(
+        os.path.join(folder, config, "model.ckpt"), "auto",
+        patch=entry["patch"], num_classes=entry["num_classes"])
+  ends = {k: np.asarray(v) for k, v in
+          model(reference["input"], training=False).items()}
+  expected = _expected(config, reference)
+  expected.pop("fc6", None)
+  log = "\n".join(lines)
+  assert "auto" in log and "patch variant" in log
+  if config.endswith("_minus"):  # the parent: the same up to the last ReLU
+    assert model.name.startswith("revnet50") and "revnet50_minus" in log
+    np.testing.assert_allclose(ends["block4"], expected["block4"],
+                               rtol=RTOL, atol=RTOL)
+    assert not np.allclose(ends["pre_logits"], expected["pre_logits"],
+                           atol=1e-3)
+    return
+  errors = {k: _relative_error(ends[k], v) for k, v in expected.items()}
+  assert max(errors.values()) <= RTOL, errors
+
+
+def test_auto_on_a_checkpoint_that_fits_nothing_says_what_it_found(
+    small, tmp_path):
+  _, tensors = small
+  cut = {k: v for k, v in tensors.items()
+         if not k.startswith("batch_normalization")}
+  prefix = _write_checkpoint(str(tmp_path / "model.ckpt"), cut)
+  with pytest.raises(selfsup.models.TF1CheckpointError,
+                     match=r"fits no backbone.*found \d+ conv2d and 0 "
+                           "batch_normalization"):
+    selfsup.models.load_tf1(prefix, "auto")

@@ -16,6 +16,15 @@ layers. A TF-Hub module exported by the authors holds the backbone alone in
 
     backbone = selfsup.models.load_tf1("rotation_revnet50_k16/", "revnet50",
                                        width=16, num_classes=4)
+    backbone = selfsup.models.load_tf1("module/", "auto")  # name and width
+                                                          # from the variables
+
+`"auto"` tells the architecture from the number of convolutions and batch
+norms and the width from the root convolution's filters (`infer`). Two
+things the variables cannot tell: a (-) variant (`resnet50_v2_minus`,
+`revnet50_minus`: no last ReLU, the same variables as its parent) and the
+patch variant (other strides, the same variables): "auto" picks the parent,
+takes `patch` as given, and says so at WARNING.
 """
 import collections
 import os
@@ -166,11 +175,120 @@ def _read_layers(reader):
   return ordered, ignored, unknown
 
 
+# The parents "auto" chooses among, and the variants with their variables.
+AUTO_CANDIDATES = ("resnet50_v1", "resnet50_v2", "revnet50", "vgg19_bn",
+                   "resnet18_v1", "resnet18_v2")
+SAME_VARIABLES = {"resnet50_v2": "resnet50_v2_minus",
+                  "revnet50": "revnet50_minus"}
+_PROBE_WIDTH = 1
+_counts = {}
+
+
+def _architecture_counts(name):
+  """(convolutions, batch norms, root filters per unit of width) of backbone
+  `name`, from a small copy built once per process."""
+  if name not in _counts:
+    builder = registry.BACKBONES.lookup(name)[0]
+    kwargs = ({"input_shape": (32, 32, 3)}
+              if getattr(builder, "fixed_input_size", False) else {})
+    model = registry.get(name, width=_PROBE_WIDTH, **kwargs)
+    convs, norms = _layer_order(model)
+    _counts[name] = (len(convs), len(norms), convs[0].filters / _PROBE_WIDTH)
+  return _counts[name]
+
+
+def _backbone_scope(layers):
+  return max(layers, key=lambda s: len(layers[s].get("conv2d", ())))
+
+
+def _width_of(name, root_filters):
+  per_width = _architecture_counts(name)[2]
+  width = root_filters / per_width
+  return int(width) if float(width).is_integer() else width
+
+
+def infer(path):
+  """What a TF1 checkpoint holds, read off its variables: a list of
+  plausible `(name, width, extra kwargs)`, best first (exact counts of
+  convolutions and batch norms, then those with a head after the trunk).
+
+  Raises:
+    TF1CheckpointError: no known backbone has that many layers, naming what
+      was found.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  prefix = checkpoint_prefix(path)
+  reader = tf.train.load_checkpoint(prefix)
+  shapes = reader.get_variable_to_shape_map()
+  layers, _, _ = _read_layers(reader)
+  if not any(kinds.get("conv2d") for kinds in layers.values()):
+    raise TF1CheckpointError(
+        f"{prefix!r} has no conv2d variables: it is not a checkpoint of the "
+        "authors' backbones.")
+  scope = _backbone_scope(layers)
+  convs = layers[scope].get("conv2d", [])
+  norms = layers[scope].get("batch_normalization", [])
+  root = shapes[f"{_layer_name(scope, 'conv2d', convs[0][0])}/kernel"]
+  ranked = []
+  for name in AUTO_CANDIDATES:
+    n_conv, n_norm, _ = _architecture_counts(name)
+    if len(convs) < n_conv or len(norms) < n_norm:
+      continue
+    extra = (len(convs) - n_conv) + (len(norms) - n_norm)
+    if len(norms) == n_norm and len(convs) in (n_conv, n_conv + 1):
+      extra = 0  # the trunk, perhaps with its logits
+    kwargs = {}
+    if name.startswith("vgg"):  # fc6's kernel covers the map after 5 pools
+      fc6 = shapes[f"{_layer_name(scope, 'conv2d', convs[n_conv - 2][0])}/"
+                   "kernel"]
+      kwargs["input_shape"] = (fc6[0] * 32, fc6[1] * 32, 3)
+    ranked.append((extra, name, _width_of(name, root[-1]), kwargs))
+  if not ranked:
+    raise TF1CheckpointError(
+        f"{prefix!r} fits no backbone that load_tf1 knows: found "
+        f"{len(convs)} conv2d and {len(norms)} batch_normalization layers "
+        f"(scope {scope!r}, root kernel {root}); known: "
+        + ", ".join(f"{n} ({_architecture_counts(n)[0]} conv2d, "
+                    f"{_architecture_counts(n)[1]} batch_normalization)"
+                    for n in AUTO_CANDIDATES) + ".")
+  return [(name, width, kwargs) for _, name, width, kwargs in sorted(
+      ranked, key=lambda r: r[0])]
+
+
+def _load_auto(path, width, patch, num_classes, backbone_kwargs):
+  """load_tf1(path, "auto"): the first inferred architecture that loads."""
+  errors_seen = []
+  for name, found_width, kwargs in infer(path):
+    if width is not None and abs(width - found_width) > 1e-9:
+      errors_seen.append(f"{name} at width {found_width:g} (width={width:g} "
+                         "was given)")
+      continue
+    kwargs = dict(kwargs, **backbone_kwargs)
+    try:
+      model = load_tf1(path, name, width=found_width, patch=patch,
+                       num_classes=num_classes, **kwargs)
+    except TF1CheckpointError as err:
+      errors_seen.append(str(err))
+      continue
+    twin = SAME_VARIABLES.get(name)
+    logging.warning(
+        "load_tf1(%r, 'auto'): %s at width %g%s; %sthe patch variant has the "
+        "same variables too (patch=%s as given).", os.fspath(path), name,
+        found_width, f", input {kwargs['input_shape']}"
+        if "input_shape" in kwargs else "",
+        f"{twin} has the same variables (pass it by name for a (-) model); "
+        if twin else "", patch)
+    return model
+  raise TF1CheckpointError(
+      f"{os.fspath(path)!r} fits none of the backbones its variables suggest: "
+      + " | ".join(errors_seen))
+
+
 def _layer_name(scope, kind, index):
   return f"{scope}{kind}" + (f"_{index}" if index else "")
 
 
-def load_tf1(path, name, *, width, patch=False, num_classes=None,
+def load_tf1(path, name="auto", *, width=None, patch=False, num_classes=None,
              **backbone_kwargs):
   """Builds selfsup backbone `name` and fills it from a TF1 checkpoint.
 
@@ -178,8 +296,10 @@ def load_tf1(path, name, *, width, patch=False, num_classes=None,
     path: TF1 checkpoint prefix, a directory with a `checkpoint` file, or a
       TF-Hub module directory (see `checkpoint_prefix`).
     name: a registered backbone (`selfsup.models.names()`), as for
-      `selfsup.models.get`.
-    width: widening factor k the checkpoint was trained with.
+      `selfsup.models.get`, or "auto": inferred from the variables (see the
+      module docstring).
+    width: widening factor k the checkpoint was trained with; None: read
+      off the root convolution.
     patch: the patch variant (stride-1 root, block strides (2, 2, 1)).
     num_classes: None leaves the checkpoint's logits out (listed at INFO as
       ignored); a number loads them into the backbone's `logits` layer.
@@ -195,6 +315,8 @@ def load_tf1(path, name, *, width, patch=False, num_classes=None,
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if name == "auto":
+    return _load_auto(path, width, patch, num_classes, backbone_kwargs)
   prefix = checkpoint_prefix(path)
   reader = tf.train.load_checkpoint(prefix)
   shapes = reader.get_variable_to_shape_map()
@@ -210,7 +332,11 @@ def load_tf1(path, name, *, width, patch=False, num_classes=None,
         "authors' backbones.")
   # The backbone is the scope with the most convolutions; layers in other
   # scopes (an evaluation head, say) are outside it.
-  scope = max(layers, key=lambda s: len(layers[s].get("conv2d", ())))
+  scope = _backbone_scope(layers)
+  if width is None:
+    first = layers[scope]["conv2d"][0][0]
+    width = _width_of(name, shapes[f"{_layer_name(scope, 'conv2d', first)}"
+                                   "/kernel"][-1])
   outside = sorted(v for s, kinds in layers.items() if s != scope
                    for by_index in kinds.values()
                    for _, variables in by_index for v in variables.values())
