@@ -1,4 +1,5 @@
-"""`python -m selfsup` (or `selfsup`): the version, the commands, the configs.
+"""`python -m selfsup` (or `selfsup`): the version, the commands, the configs;
+`selfsup presets`: the pretrained presets.
 
 Imports no TensorFlow: it answers at once.
 """
@@ -38,7 +39,8 @@ def usage():
                            initial_indent=f"  {name:<{width}}  ",
                            subsequent_indent=" " * (width + 4))
   lines += ["", "As a Keras layer: selfsup.Representation.from_workdir(DIR) "
-            "(docs/transfer.md).", "",
+            "(docs/transfer.md).", "Pretrained: `selfsup presets` lists "
+            "them; selfsup.Representation.from_preset(NAME).", "",
             gin_files.describe()]
   return "\n".join(lines)
 
@@ -47,6 +49,12 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   if argv and argv[0] in ("--version", "-V"):
     print(f"selfsup {__version__}")
+    return 0
+  if argv and argv[0] == "presets":
+    from selfsup import presets  # pylint: disable=g-import-not-at-top
+    print(presets.table())
+    print("\nselfsup.Representation.from_preset(NAME) downloads one on first "
+          "use (docs/transfer.md).")
     return 0
   if argv and argv[0] not in ("-h", "--help"):
     print(usage())

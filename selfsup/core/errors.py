@@ -37,3 +37,8 @@ class WorkdirLockedError(WorkdirError):
 class NotFiniteError(SelfsupError, ArithmeticError):
   """A fit or a computation whose result is NaN or infinite: no score is
   given for it."""
+
+
+class PresetError(SelfsupError, ValueError):
+  """A pretrained preset that is unknown, not downloaded (offline), or whose
+  download is truncated, damaged or not the one recorded."""

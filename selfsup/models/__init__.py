@@ -14,6 +14,23 @@ from selfsup.models.revnet import ChannelPad, RevNet, RevUnit
 from selfsup.models.tf1 import TF1CheckpointError, load_tf1
 from selfsup.models.vgg import VGG
 
+
+def from_preset(name, *, source=None, download=None, patch=None,
+                **backbone_kwargs):
+  """The backbone of pretrained preset `name` (`selfsup presets` lists
+  them), downloaded on first use into `SELFSUP_HOME` (see
+  `selfsup.presets`), its architecture and width read off the checkpoint
+  (`load_tf1(..., "auto")`). `source`: a local module folder or tarball
+  instead of the cache; `patch`: the patch variant (default: as the
+  preset's task was trained)."""
+  from selfsup import presets  # pylint: disable=import-outside-toplevel
+  folder, entry = presets.resolve(name, source=source, download=download)
+  if patch is None:
+    patch = entry["task"] in ("jigsaw", "relative_patch_location")
+  return load_tf1(folder, "auto", width=entry["width"], patch=patch,
+                  **backbone_kwargs)
+
+
 register("resnet50_v1", ResNet, depth=50, version="v1")
 register("resnet50_v2", ResNet, depth=50, version="v2", last_relu=True)
 register("resnet50_v2_minus", ResNet, depth=50, version="v2", last_relu=False)
@@ -24,5 +41,5 @@ register("resnet18_v1", ResNet, depth=18, version="v1")
 register("resnet18_v2", ResNet, depth=18, version="v2")
 
 __all__ = ["BACKBONES", "ENDPOINTS", "Backbone", "ChannelPad", "ResNet",
-           "RevNet", "RevUnit", "TF1CheckpointError", "VGG", "get", "load_tf1",
-           "names", "register"]
+           "RevNet", "RevUnit", "TF1CheckpointError", "VGG", "from_preset",
+           "get", "load_tf1", "names", "register"]
