@@ -270,9 +270,11 @@ def _serve_evaluations(args):
                                 threads)[0]
   else:
     _init_tf(args)
-    from selfsup.evaluation import lbfgs  # pylint: disable=g-import-not-at-top
-    objective = lbfgs.Objective(x, y.astype(np.int32), c, _l2(args),
-                                batch_size=args.batch_size)
+    # pylint: disable-next=g-import-not-at-top
+    from selfsup.evaluation import features, lbfgs
+    objective = lbfgs.Objective(
+        features.ArrayFeatures(x, y.astype(np.int32)), c, _l2(args),
+        batch_size=args.batch_size)
     theta = np.concatenate([w.ravel(), b])
 
     def evaluate():

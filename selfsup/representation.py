@@ -12,7 +12,7 @@ Exemplar, supervised: [-1, 1]; Jigsaw, Relative Patch Location: the central
 square as a 3x3 grid of standardised patches) and returns one tensor: the
 endpoint pooled as the linear evaluation pools it (`pooling="evaluation"`:
 block endpoints max-pooled on the adaptive grid of
-`selfsup.evaluation.extract`, patch models averaged over their 9 patches),
+`selfsup.core.pooling`, patch models averaged over their 9 patches),
 `"avg"`/`"max"` (global pooling of a block endpoint) or None (the map
 itself; [B, 9, h, w, C] for patch models).
 
@@ -33,6 +33,7 @@ import keras
 import tensorflow as tf
 
 import selfsup.models  # noqa: F401  (registers the backbones' classes)
+from selfsup.core import pooling as pooling_lib
 from selfsup.preprocess import registry as spec_registry
 
 # This module is imported when Keras is (see selfsup/__init__.py), possibly
@@ -40,9 +41,8 @@ from selfsup.preprocess import registry as spec_registry
 # modules are imported where they are used.
 # pylint: disable=g-import-not-at-top
 
-# selfsup.evaluation.extract's MAX_FEATURES and GRID_RULES (tests check).
-MAX_FEATURES = 9_000
-GRID_RULES = ("nearest", "floor")
+MAX_FEATURES = pooling_lib.MAX_FEATURES
+GRID_RULES = pooling_lib.RULES
 POOLINGS = ("evaluation", "avg", "max", None)
 BATCH_NORM = ("frozen", "train")
 # Ops that only take one image [H, W, C]: run image by image (tf.map_fn).
@@ -104,8 +104,8 @@ class Representation(keras.layers.Layer):
     weight_decay: keep the backbone's L2 penalties (added to `model.losses`
       while trainable) or drop them (False).
     max_features: the evaluation's pooling target (9,000).
-    grid_rule: the evaluation's grid rule, "nearest" or "floor" (see
-      `selfsup.evaluation.extract.pooling_grid`).
+    grid_rule: the evaluation's pooling rule, "nearest", "floor" or "max"
+      (see `selfsup.core.pooling`).
     trainable: False freezes the backbone (weights and batch norm).
   """
 
@@ -252,9 +252,7 @@ class Representation(keras.layers.Layer):
       return tf.reduce_mean(value, axis=[1, 2])
     if self.pooling == "max":
       return tf.reduce_max(value, axis=[1, 2])
-    from selfsup.evaluation import extract
-    return extract.adaptive_max_pool(value, self.max_features,
-                                     rule=self.grid_rule)
+    return pooling_lib.pool(value, self.max_features, rule=self.grid_rule)
 
   def call(self, images, training=None):
     x = self.preprocess(images)

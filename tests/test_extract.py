@@ -1,6 +1,7 @@
 """Feature extraction: adaptive pooling, patch averaging, export from a model."""
 import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import tensorflow as tf
 
 import selfsup
 import selfsup.core
+from selfsup.core import pooling
 from selfsup.evaluation import extract, features
 
 
@@ -60,8 +62,64 @@ def test_nearest_rule_is_the_authors(shape, grid):
 
 
 def test_unknown_grid_rule_is_refused():
-  with pytest.raises(ValueError, match="pooling_grid.rule='ceil'"):
-    extract.grid_size(4, 4, 16, rule="ceil")
+  with pytest.raises(ValueError, match="rule='ceil'"):
+    pooling.grid_size(4, 4, 16, rule="ceil")
+  with pytest.raises(selfsup.core.ConfigError, match="pooling rule='ceil'"):
+    extract.FeatureExtractor(None, "block1", rule="ceil")
+
+
+# The output of `pooling.pool` for each version: a change of output must
+# bump pooling.VERSION (it invalidates the feature caches) and add its row.
+_GOLDEN = {1: {
+    ("nearest", 7): [14, 15, 16, 14, 14, 16, 16, 14],
+    ("nearest", 20): [10, 15, 16, 14, 15, 10, 14, 15, 16, 15, 16, 14, 14, 16,
+                      13, 15, 16, 14],
+    ("floor", 7): [16, 16],
+    ("floor", 20): [10, 15, 16, 14, 15, 10, 14, 15, 16, 15, 16, 14, 14, 16,
+                    13, 15, 16, 14],
+    ("max", 7): [14, 15, 16, 14],
+    ("max", 20): [10, 15, 16, 14, 15, 10, 14, 12, 13, 15, 16, 14],
+}}
+
+
+def test_pooling_output_is_pinned_per_version():
+  i, j, k = np.meshgrid(np.arange(5), np.arange(6), np.arange(2),
+                        indexing="ij")
+  x = ((i * 7 + j * 3 + k * 5) % 17).astype(np.float32)[None]  # exact values
+  assert pooling.VERSION in _GOLDEN, "pin the new version's outputs here"
+  golden = _GOLDEN[pooling.VERSION]
+  assert {rule for rule, _ in golden} == set(pooling.RULES)
+  for (rule, max_features), want in golden.items():
+    got = pooling.pool(tf.constant(x), max_features, rule).numpy()
+    np.testing.assert_array_equal(got, [want], err_msg=str(rule))
+
+
+def test_max_rule_gives_the_authors_feature_counts():
+  """ResNet50 v2 at k=4 on 224x224 images under the authors' --pool_mode
+  max (utils.adaptive_pool): 6,400 / 8,192 / 4,096 / 2,048 features."""
+  backbone = selfsup.models.get("resnet50_v2", width=4)
+  maps = {"block1": 56, "block2": 28, "block3": 14, "block4": 7}
+  counts = {}
+  for endpoint, hw in maps.items():
+    channels = backbone.output[endpoint].shape[-1]
+    counts[endpoint] = pooling.num_features(hw, hw, channels, rule="max")
+    x = tf.zeros([1, hw, hw, channels])
+    assert pooling.pool(x, rule="max").shape == (1, counts[endpoint])
+  assert counts == {"block1": 6_400, "block2": 8_192, "block3": 4_096,
+                    "block4": 2_048}
+
+
+def test_max_rule_matches_numpy_strided_max():
+  x = np.random.default_rng(3).normal(size=(2, 11, 9, 4)).astype(np.float32)
+  # 396 values to 20: stride ceil(sqrt(19.8)) = 5, 2 x 1 cells, rest dropped.
+  got = pooling.pool(tf.constant(x), 20, "max").numpy()
+  want = np.stack([x[:, 0:5, 0:5].max(axis=(1, 2)),
+                   x[:, 5:10, 0:5].max(axis=(1, 2))], axis=1)
+  np.testing.assert_array_equal(got, want.reshape(2, -1))
+  small = x[:, :2, :2]  # 16 values fit: not pooled
+  np.testing.assert_array_equal(
+      pooling.pool(tf.constant(small), 20, "max").numpy(),
+      small.reshape(2, -1))
 
 
 def test_representation_averages_patches_and_pools_blocks():
@@ -237,3 +295,69 @@ def test_layers_in_one_pass_match_single_layer_exports(exported, tmp_path,
   extract.export_features(export_dir, source, ("val",), dirs,
                           endpoint=layers, batch_size=64, shard_size=100)
   assert not passes
+
+
+def test_a_failing_writer_stops_the_layer_export_without_hanging(
+    tmp_path, monkeypatch):
+  """One endpoint's writer fails (a full disk): the export raises that
+  error and the other writers stop instead of waiting for batches."""
+  write_split = features.write_split
+
+  def failing(out_dir, split, batches, **kwargs):
+    def full_disk(start):
+      for i, batch in enumerate(batches(start)):
+        if i == 1:
+          raise OSError(28, "No space left on device")
+        yield batch
+    return write_split(out_dir, split, full_disk if out_dir.endswith(
+        "block2") else batches, **kwargs)
+
+  monkeypatch.setattr(features, "write_split", failing)
+  rng = np.random.default_rng(0)
+
+  def compute(start):
+    for _ in range(start, 40):
+      yield {k: rng.normal(size=(4, 3)).astype(np.float32)
+             for k in ("block1", "block2", "block3")}, np.arange(4)
+
+  dirs = {k: str(tmp_path / k) for k in ("block1", "block2", "block3")}
+  outcome = []
+
+  def run():
+    try:
+      # pylint: disable-next=protected-access
+      extract._write_endpoints(dirs, "train", compute, 8, {})
+      outcome.append(None)
+    except BaseException as e:  # pylint: disable=broad-except
+      outcome.append(e)
+
+  thread = threading.Thread(target=run, daemon=True)
+  thread.start()
+  thread.join(timeout=60)
+  assert not thread.is_alive(), "the export hangs after a writer failed"
+  assert isinstance(outcome[0], OSError) and "No space" in str(outcome[0])
+  for layer in ("block1", "block3"):  # stopped, never marked complete
+    assert not features.load_metadata(dirs[layer], "train")["complete"]
+
+
+def test_cache_fingerprint_follows_the_pooling_version_not_the_code(
+    monkeypatch):
+  """An edit of the extraction code's text keeps every cache; a change of
+  the pooling's output (a version bump) or of its rule does not."""
+  from selfsup.evaluation import protocol  # pylint: disable=g-import-not-at-top
+  export = {"weights_sha256": "w", "step": 1, "task": "t", "backbone": "b"}
+  source = selfsup.data.get("digits", image_size=16)
+
+  def sha(**kwargs):
+    return features.fingerprint_sha256(protocol.feature_fingerprint(
+        export, source, "train", "block1", 9000, "spec", **kwargs))
+
+  before = sha()
+  assert not any("code" in str(k) for k in features._flatten(  # pylint: disable=protected-access
+      protocol.feature_fingerprint(export, source, "train", "block1", 9000,
+                                   "spec")))
+  monkeypatch.setattr(extract, "__doc__", extract.__doc__ + " edited")
+  assert sha() == before
+  assert sha(rule="max") != before
+  monkeypatch.setattr(pooling, "VERSION", pooling.VERSION + 1)
+  assert sha() != before

@@ -308,3 +308,30 @@ def test_raw_shard_damage_is_named(tmp_path):
     F.ShardedFeatures(str(tmp_path), "train", verify=False)
   with pytest.raises(ValueError, match="dtype must be one of"):
     _write(tmp_path / "b", x, y, dtype="int8")
+
+
+@pytest.mark.parametrize("name", ["../../victim", "/tmp/victim",
+                                  "train-00009.tfrecord", "x/../victim"])
+def test_shard_names_not_of_the_writers_form_are_refused(tmp_path, name):
+  """A crafted record's shard paths are never read, and a stale-cache
+  cleanup never deletes outside the cache's folder."""
+  cache = tmp_path / "a" / "b"
+  x, y = _data()
+  _write(cache, x, y)
+  # Where the names lead: above the folder, or to a file in it not a shard.
+  victims = [tmp_path / "victim", cache / "victim"]
+  for victim in victims:
+    victim.write_text("keep me")
+  meta = _meta(cache)
+  meta["shards"][1]["file"] = name.replace("/tmp/victim",
+                                           str(tmp_path / "victim"))
+  _edit_meta(cache, shards=meta["shards"])
+  for read in (lambda: F.read_split(str(cache), "train"),
+               lambda: F.ShardedFeatures(str(cache), "train", verify=False),
+               lambda: F.completed_examples(str(cache), "train")):
+    with pytest.raises(F.FeatureCacheError, match="expected 'train-00001"):
+      read()
+  # Another fingerprint: the cache is recomputed, nothing outside deleted.
+  assert not F.claim(str(cache), "train", {"other": 1}, layer="block4")
+  assert all(victim.read_text() == "keep me" for victim in victims)
+  assert _meta(cache)["shards"] == [] and not _meta(cache)["complete"]

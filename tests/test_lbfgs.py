@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from selfsup.evaluation import lbfgs
+from selfsup.evaluation import coordinates, features, lbfgs
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _objective(x, y, *args, **kwargs):
+  """An objective over arrays in memory (one chunk)."""
+  return lbfgs.Objective(features.ArrayFeatures(x, y.astype(np.int32)), *args,
+                         **kwargs)
 
 
 def _reference(x, y, w, b, l2):
@@ -67,7 +73,7 @@ def test_reference_gradient_matches_finite_differences():
 def test_objective_matches_reference_and_finite_differences():
   # 13 examples in batches of 5: two full batches and a partial one.
   x, y = _blobs(13, 4, 3, seed=0)
-  objective = lbfgs.Objective(x, y.astype(np.int32), 3, 0.3, batch_size=5)
+  objective = _objective(x, y, 3, 0.3, batch_size=5)
   rng = np.random.default_rng(2)
   theta = rng.normal(size=objective.size)
   value, grad = objective(theta)
@@ -140,7 +146,7 @@ def test_fit_restores_blas_threads():
 
 def test_objective_is_traced_once():
   x, y = _blobs(50, 6, 3, seed=6)
-  objective = lbfgs.Objective(x, y.astype(np.int32), 3, 0.01, batch_size=16)
+  objective = _objective(x, y, 3, 0.01, batch_size=16)
   rng = np.random.default_rng(7)
   for _ in range(3):
     value, grad = objective(rng.normal(size=objective.size))
@@ -158,19 +164,19 @@ def test_float64_input_gives_the_float32_result():
 
 
 def test_evaluate_top1_top5_and_logits():
-  # Feature i scores class i; ties count in the model's favour.
+  # Feature i scores class i; ties count against the model (issue 25).
   result = lbfgs.LogisticRegressionResult(
       weights=np.eye(6, dtype=np.float32), bias=np.zeros(6, np.float32),
       objective=0.0, iterations=0, seconds=0.0, converged=True, l2=0.0)
   x = np.array([[0, 0, 0, 0, 0, 1],      # label 5: top1
                 [6, 5, 4, 3, 2, 1],      # label 4: rank 4 -> top5 only
                 [6, 5, 4, 3, 2, 1],      # label 5: rank 5 -> neither
-                [1, 1, 1, 1, 1, 1]],     # label 2: all tied -> top1
+                [1, 1, 1, 1, 1, 1]],     # label 2: all tied -> neither
                np.float32)
   y = np.array([5, 4, 5, 2])
   np.testing.assert_array_equal(lbfgs.predict_logits(result, x), x)
   metrics = lbfgs.evaluate(result, x, y)
-  assert metrics == dict(top1=0.5, top5=0.75, num_examples=4)
+  assert metrics == dict(top1=0.25, top5=0.5, num_examples=4)
 
 
 _X, _Y = _blobs(30, 4, 3, seed=5)
@@ -213,14 +219,15 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from selfsup.evaluation import lbfgs
+from selfsup.evaluation import features, lbfgs
 rng = np.random.default_rng(0)
 means = rng.normal(size=(3, 7))
 y = rng.integers(0, 3, size=101)  # odd: the replicas get unequal shares
 x = (means[y] + rng.normal(size=(101, 7))).astype(np.float32)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-objective = lbfgs.Objective(x, y.astype(np.int32), 3, 0.01, batch_size=16,
-                            strategy=strategy)
+objective = lbfgs.Objective(
+    features.ArrayFeatures(x, y.astype(np.int32)), 3, 0.01, batch_size=16,
+    strategy=strategy)
 # Tight tolerances: both runs stop at the minimum, not where their (slightly
 # different) float paths happen to satisfy scipy's default criteria.
 tight = dict(gtol=1e-9, ftol=1e-15)
@@ -264,9 +271,9 @@ def test_preconditioned_objective_is_the_same_function():
   """In (V, b') coordinates the value is f at unpack(theta) and the gradient
   is the chain rule's: a central difference along a random direction."""
   x, y = _ill_conditioned(40, 6, 3, seed=8)
-  objective = lbfgs.Objective(x, y.astype(np.int32), 3, 0.05, batch_size=16,
+  objective = _objective(x, y, 3, 0.05, batch_size=16,
                               precondition=True)
-  plain = lbfgs.Objective(x, y.astype(np.int32), 3, 0.05, batch_size=16)
+  plain = _objective(x, y, 3, 0.05, batch_size=16)
   assert objective.preconditioner is not None
   rng = np.random.default_rng(9)
   theta = rng.normal(size=objective.size)
@@ -306,7 +313,7 @@ def test_bias_scaling_shortens_the_path_with_many_classes(monkeypatch):
   x, y = _ill_conditioned(600, 24, 20, seed=12)
   tight = dict(gtol=1e-9, ftol=1e-15)
   scaled = lbfgs.fit(x, y, 20, scipy_options=tight)
-  monkeypatch.setattr(lbfgs, "_bias_scale", lambda num_classes: 1.0)
+  monkeypatch.setattr(coordinates, "bias_scale", lambda num_classes: 1.0)
   unscaled = lbfgs.fit(x, y, 20, scipy_options=tight)
   assert scaled.objective == pytest.approx(unscaled.objective, rel=1e-6)
   target = min(scaled.objective, unscaled.objective) * (1 + 1e-6)
@@ -327,7 +334,6 @@ def test_preconditioner_with_fewer_rows_than_features_and_no_penalty():
 
 @pytest.mark.parametrize("precondition", [False, True])
 def test_streamed_fit_matches_in_memory(tmp_path, precondition):
-  from selfsup.evaluation import features  # pylint: disable=g-import-not-at-top
   x, y = _blobs(300, 12, 4, seed=5)
   features.write_split(str(tmp_path), "train",
                        [(x[i:i + 40], y[i:i + 40]) for i in range(0, 300, 40)],
@@ -336,10 +342,9 @@ def test_streamed_fit_matches_in_memory(tmp_path, precondition):
   source = features.ShardedFeatures(str(tmp_path), "train")
   # A budget of a few KiB: chunks of a few rows, ~30 of them per evaluation.
   budget = source.chunk_bytes(10) / 2**20
-  objective = lbfgs.StreamedObjective(source, 4, 0.01, chunk_rows=10,
-                                      precondition=precondition)
-  in_memory = lbfgs.Objective(x, y.astype(np.int32), 4, 0.01,
-                              precondition=False)
+  objective = lbfgs.Objective(source, 4, 0.01, chunk_rows=10,
+                              precondition=precondition)
+  in_memory = _objective(x, y, 4, 0.01, precondition=False)
   theta = np.random.default_rng(0).normal(size=objective.size) * 0.1
   w, b = objective.unpack(theta)
   value, _ = objective(theta)
@@ -376,18 +381,17 @@ def test_streamed_and_in_memory_objectives_agree_in_value_and_gradient(
   value and the same gradient (each in its own coordinates, through the
   chain rule), at several points, and each gradient against a central
   difference along a random direction."""
-  from selfsup.evaluation import features  # pylint: disable=g-import-not-at-top
   x, y = _ill_conditioned(90, 7, 4, seed=13)
   features.write_split(str(tmp_path), "train",
                        [(x[i:i + 25], y[i:i + 25]) for i in range(0, 90, 25)],
                        layer="l", shard_size=32, progress=False,
                        shard_format="raw")
   source = features.ShardedFeatures(str(tmp_path), "train")
-  streamed = lbfgs.StreamedObjective(source, 4, 0.02, chunk_rows=11,
-                                     batch_size=8, precondition=precondition)
-  in_memory = lbfgs.Objective(x, y.astype(np.int32), 4, 0.02, batch_size=16,
-                              precondition=precondition)
-  plain = lbfgs.Objective(x, y.astype(np.int32), 4, 0.02, batch_size=16)
+  streamed = lbfgs.Objective(source, 4, 0.02, chunk_rows=11, batch_size=8,
+                             precondition=precondition)
+  in_memory = _objective(x, y, 4, 0.02, batch_size=16,
+                         precondition=precondition)
+  plain = _objective(x, y, 4, 0.02, batch_size=16)
   rng = np.random.default_rng(14)
   for scale in (0.0, 0.1, 1.0):
     theta = rng.normal(size=plain.size) * scale
@@ -411,3 +415,12 @@ def test_streamed_and_in_memory_objectives_agree_in_value_and_gradient(
                  - objective(theta - eps * direction)[0]) / (2 * eps)
       assert numeric == pytest.approx(float(grad @ direction), rel=2e-3,
                                       abs=5e-5)
+    # One preconditioner whatever the chunking (sampled by position): the
+    # same coordinates, so the same value and gradient at the same theta.
+    value, grad = streamed(theta)
+    np.testing.assert_allclose(in_memory(theta)[0], value, rtol=1e-6)
+    np.testing.assert_allclose(in_memory(theta)[1], grad, rtol=1e-4,
+                               atol=1e-6)
+    w, b = in_memory.unpack(theta)
+    np.testing.assert_allclose(in_memory.pack(w, b), theta, rtol=1e-4,
+                               atol=1e-6)

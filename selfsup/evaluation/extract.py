@@ -1,101 +1,44 @@
-"""Representations of a frozen backbone, cached as sharded TFRecords.
+"""Representations of a frozen backbone, cached as sharded feature files.
 
 The representation of an image is an endpoint of the backbone (`pre_logits`
-by default). A spatial endpoint [H, W, C] with more than 9,000 values is
-max-pooled over an adaptive s x s grid so that block1..block4 can be
-evaluated with the same linear model. As the authors' evaluation, s is the
-integer (floor or ceil of sqrt(9000 / C), at least 1) whose s * s * C is
-nearest to 9,000, so it may exceed 9,000 (k=4 block1: 6x6x256 = 9,216);
-`pooling_grid.rule = "floor"` (gin) keeps s * s * C <= 9,000 instead, as
-selfsup did before. The authors' bins come from TF's fractional max-pooling
-(random boundaries); selfsup's are deterministic near-equal bins. Patch models (Jigsaw, Relative Patch Location)
-see the image as its 3x3 grid of patches: the representation is the average
-of the 9 patches' representations.
+by default). A spatial endpoint [H, W, C] is max-pooled to about 9,000
+values by the rule given as an argument (`selfsup.core.pooling`: "nearest",
+the authors' adaptive grid and the default; "floor"; "max", the authors'
+`--pool_mode max`), so that block1..block4 can be evaluated with the same
+linear model. Patch models (Jigsaw, Relative Patch Location) see the image
+as its 3x3 grid of patches: the representation is the average of the 9
+patches' representations.
 """
-import math
 import os
 import queue
 import threading
 
-import gin
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from selfsup.core import pooling
 from selfsup.evaluation import features as features_lib
+from selfsup.evaluation import host
 from selfsup.preprocess import get as get_spec
 from selfsup.workdir import export as export_lib
 
-MAX_FEATURES = 9_000
+MAX_FEATURES = pooling.MAX_FEATURES
 # Batches of features computed ahead of the writer.
 _AHEAD = 2
+# Public names of this module since the first release; they live below now.
+in_background = host.in_background
+adaptive_max_pool = pooling.pool
 
 
-GRID_RULES = ("nearest", "floor")
-
-
-@gin.configurable
-def pooling_grid(rule="nearest"):
-  """How spatial endpoints are pooled: "nearest" (the authors' evaluation:
-  s * s * C nearest to max_features, unpooled when the map already fits) or
-  "floor" (the largest s with s * s * C <= max_features, capped by the map)."""
-  if rule not in GRID_RULES:
-    raise ValueError(f"pooling_grid.rule={rule!r} is not valid: expected one "
-                     f"of {GRID_RULES}.")
-  return rule
-
-
-def grid_size(h, w, c, max_features=MAX_FEATURES, rule=None):
-  """(rows, cols) of the pooled map of an [h, w, c] endpoint."""
-  rule = pooling_grid(rule) if rule else pooling_grid()
-  if rule == "floor":
-    s = max(1, int(math.isqrt(max_features // c))) if c <= max_features else 1
-    s = min(s, h, w)
-    return s, s
-  if h * w * c <= max_features:
-    return h, w
-  target = math.sqrt(max_features / c)
-  low, high = math.floor(target), math.ceil(target)
-  s = low if abs(max_features - c * low ** 2) < abs(
-      max_features - c * high ** 2) else high
-  s = min(max(s, 1), h, w)
-  return s, s
-
-
-def adaptive_max_pool(x, max_features=MAX_FEATURES, rule=None):
-  """[B, H, W, C] -> [B, r*s*C]: max over r x s near-equal spatial bins.
-
-  (r, s) is `grid_size` under `rule` (default: the gin-bound
-  `pooling_grid.rule`). Bin i along an axis of size n covers
-  [floor(i*n/s), ceil((i+1)*n/s)), so bins tile the map exactly and overlap
-  by at most one pixel.
-  """
-  _, h, w, c = x.shape
-  if h is None or w is None:
-    raise ValueError(f"adaptive_max_pool needs a static spatial size, got "
-                     f"shape {x.shape}.")
-  rows_n, cols_n = grid_size(h, w, c, max_features, rule)
-  if (rows_n, cols_n) == (h, w):
-    return tf.reshape(x, [-1, h * w * c])
-  rows = []
-  for i in range(rows_n):
-    y0, y1 = (i * h) // rows_n, -((-(i + 1) * h) // rows_n)
-    cols = []
-    for j in range(cols_n):
-      x0, x1 = (j * w) // cols_n, -((-(j + 1) * w) // cols_n)
-      cols.append(tf.reduce_max(x[:, y0:y1, x0:x1, :], axis=[1, 2]))
-    rows.append(tf.stack(cols, axis=1))
-  pooled = tf.stack(rows, axis=1)  # [B, r, s, C]
-  return tf.reshape(pooled, [-1, rows_n * cols_n * c])
-
-
-def representations(backbone, images, endpoints, max_features=MAX_FEATURES):
+def representations(backbone, images, endpoints, max_features=MAX_FEATURES,
+                    rule=pooling.DEFAULT_RULE):
   """The frozen representations of `images` at each of `endpoints`, from one
   forward pass: {endpoint: [B, features] float32}.
 
   This is THE evaluation representation, used by the feature export (for
   L-BFGS and cached SGD/MLP heads) and by SGD on the fly alike: a spatial
-  endpoint is max-pooled on the adaptive grid (`adaptive_max_pool`), and
+  endpoint is max-pooled under `rule` (`selfsup.core.pooling.pool`), and
   `images` [B, P, p, p, C] (patch models) give the average of the P
   patches' representations.
   """
@@ -113,7 +56,7 @@ def representations(backbone, images, endpoints, max_features=MAX_FEATURES):
                        f"backbone: expected one of {sorted(out)}.")
     value = tf.cast(out[endpoint], tf.float32)
     if value.shape.rank == 4:
-      value = adaptive_max_pool(value, max_features)
+      value = pooling.pool(value, max_features, rule)
     elif value.shape.rank != 2:
       raise ValueError(f"endpoint {endpoint!r} has rank {value.shape.rank}: "
                        "expected [batch, features] or [batch, h, w, c].")
@@ -124,71 +67,12 @@ def representations(backbone, images, endpoints, max_features=MAX_FEATURES):
   return reps
 
 
-def representation(backbone, images, endpoint, max_features=MAX_FEATURES):
+def representation(backbone, images, endpoint, max_features=MAX_FEATURES,
+                   rule=pooling.DEFAULT_RULE):
   """The frozen `endpoint` representation of `images` as [B, features]
   (see `representations`)."""
-  return representations(backbone, images, (endpoint,), max_features)[endpoint]
-
-
-def _put(items, item, stop, dropped=lambda: False):
-  """Puts `item` on the queue `items` unless `stop` is set (or `dropped()`
-  says nobody reads it any more, which counts as put); whether it went."""
-  while not stop.is_set():
-    if dropped():
-      return True
-    try:
-      items.put(item, timeout=0.1)
-      return True
-    except queue.Full:
-      pass
-  return False
-
-
-def _drain(items):
-  """Yields the `(True, item)` entries of the queue `items` until a
-  `(False, error_or_None)` entry ends them, raising the error."""
-  while True:
-    ok, item = items.get()
-    if not ok:
-      if item is not None:
-        raise item
-      return
-    yield item
-
-
-def in_background(iterable, depth):
-  """Yields the items of `iterable`, produced up to `depth` ahead in a thread.
-
-  An exception in the producer is raised here, at the item it replaced.
-  Closing this generator early (an error in the consumer) stops the producer
-  after the item it is working on.
-  """
-  items = queue.Queue(depth)
-  stop = threading.Event()
-
-  def put(item):
-    return _put(items, item, stop)
-
-  def produce():
-    it = iter(iterable)
-    try:
-      for item in it:
-        if not put((True, item)):
-          return
-      put((False, None))
-    except BaseException as e:  # pylint: disable=broad-except
-      put((False, e))
-    finally:  # a generator is closed in the thread that ran it
-      getattr(it, "close", lambda: None)()
-
-  thread = threading.Thread(target=produce, daemon=True,
-                            name="selfsup-feature-batches")
-  thread.start()
-  try:
-    yield from _drain(items)
-  finally:
-    stop.set()
-    thread.join()
+  return representations(backbone, images, (endpoint,), max_features,
+                         rule)[endpoint]
 
 
 class FeatureExtractor:
@@ -201,8 +85,10 @@ class FeatureExtractor:
   ResNet-50 costs about as much as 3 batches of 64 at 64x64 on 2 cores).
   """
 
-  def __init__(self, backbone, endpoints, max_features=MAX_FEATURES):
+  def __init__(self, backbone, endpoints, max_features=MAX_FEATURES,
+               rule=pooling.DEFAULT_RULE):
     self.backbone = backbone
+    self.rule = pooling.check_rule(rule, "pooling rule")
     self.single = isinstance(endpoints, str)
     self.endpoints = (endpoints,) if self.single else tuple(endpoints)
     if not self.endpoints:
@@ -222,7 +108,7 @@ class FeatureExtractor:
       spec = tf.TensorSpec([None, *key[0]], images.dtype)
       self._traced[key] = tf.function(
           lambda x: representations(self.backbone, x, self.endpoints,
-                                    self.max_features),
+                                    self.max_features, self.rule),
           input_signature=[spec])
     return self._traced[key](images)
 
@@ -290,8 +176,8 @@ class _Fanout:
     self.done = set()  # writers that returned: nothing more goes to them
 
   def put(self, endpoint, item):
-    return _put(self.queues[endpoint], item, self.stop,
-                lambda: endpoint in self.done)
+    return host.put(self.queues[endpoint], item, self.stop,
+                    lambda: endpoint in self.done)
 
   def make_batches(self, endpoint):
     def make(start):
@@ -303,7 +189,7 @@ class _Fanout:
     return make
 
   def _consume(self, endpoint, skip):
-    for x, y in _drain(self.queues[endpoint]):
+    for x, y in host.drain(self.queues[endpoint]):
       if skip >= len(y):
         skip -= len(y)
         continue
@@ -360,28 +246,37 @@ def _write_endpoints(out_dirs, split, compute, shard_size, storage):
     end = (False, None)
   except BaseException as e:  # pylint: disable=broad-except
     end = (False, e)
+  if end[1] is None and fan.stop.is_set():
+    # Another writer failed: the others must not mark a partial split done.
+    end = (False, features_lib.FeatureCacheError(
+        f"The export of {split!r} stopped: another endpoint's writer failed."))
   for endpoint in starts:
-    fan.put(endpoint, end)
+    # Past `stop`, yet every writer still reading must get its end marker,
+    # or it waits for a batch forever.
+    host.put(fan.queues[endpoint], end, threading.Event(),
+             lambda e=endpoint: e in fan.done)
   for t in threads:
     t.join()
+  if errors:  # the first is the cause (a later one may be our stop notice)
+    raise errors[0]
   if end[1] is not None:
     raise end[1]
-  if errors:
-    raise errors[0]
   return metas
 
 
 def export_features(export_dir, source, splits, out_dir, *, endpoint,
                     batch_size=256, max_features=MAX_FEATURES,
                     shard_size=features_lib.DEFAULT_SHARD_SIZE, spec=None,
-                    dtype="float32", shard_format="tfrecord"):
+                    dtype="float32", shard_format="tfrecord",
+                    pooling_rule=pooling.DEFAULT_RULE):
   """Writes the features of `splits` of `source` for one or more endpoints.
 
   `endpoint` is one name with `out_dir` one folder, or a sequence of names
   with `out_dir` a {endpoint: folder} mapping: then every endpoint comes
   from the same forward pass (layer-wise evaluation costs one pass, not one
   per layer). `dtype` and `shard_format` say how the cache stores them
-  (`features.write_split`). Resumable shard by shard: complete splits and
+  (`features.write_split`); `pooling_rule` how spatial endpoints are pooled
+  (`selfsup.core.pooling`). Resumable shard by shard: complete splits and
   shards are kept. Returns {split: metadata} (one endpoint) or
   {split: {endpoint: metadata}}.
   """
@@ -399,7 +294,8 @@ def export_features(export_dir, source, splits, out_dir, *, endpoint,
                        f"{info['endpoints']}.")
   backbone = export_lib.load_backbone(export_dir)
   backbone.trainable = False  # frozen: evaluation never updates it
-  extractor = FeatureExtractor(backbone, endpoints, max_features)
+  extractor = FeatureExtractor(backbone, endpoints, max_features,
+                               pooling_rule)
   spec = spec or info["eval_specs"]["eval"]
   metas = {split: extractor.export_split(source, split, out_dirs, spec=spec,
                                          batch_size=batch_size,

@@ -577,7 +577,10 @@ class FeatureSource:
   float32, 64-byte aligned, labels [<= rows] int) over all N examples in
   order, the same examples on every pass; `num_chunks(rows)` says how many
   it yields; `chunk_bytes(rows, prefetch)` the peak bytes of chunks alive
-  while iterating. `x_name` and `y_name` name the features and labels in
+  while iterating. With `recycle`, a chunk's memory may be reused once the
+  consumer has asked for `prefetch + 1` more: for a consumer that is done
+  with each chunk when it asks for the next one (no page faults on fresh
+  buffers). `x_name` and `y_name` name the features and labels in
   error messages. An in-memory source (`ArrayFeatures`) yields views of its
   arrays; `resident` says so (its one chunk can stay on the devices).
   """
@@ -594,7 +597,7 @@ class FeatureSource:
   def num_chunks(self, rows: int) -> int:
     raise NotImplementedError
 
-  def chunks(self, rows: int, prefetch: int = 1):
+  def chunks(self, rows: int, prefetch: int = 1, recycle: bool = False):
     raise NotImplementedError
 
 
@@ -627,7 +630,7 @@ class ArrayFeatures(FeatureSource):
   def num_chunks(self, rows: int) -> int:
     return -(-self.num_examples // rows)
 
-  def chunks(self, rows: int, prefetch: int = 1):
+  def chunks(self, rows: int, prefetch: int = 1, recycle: bool = False):
     _check_chunking(rows, prefetch)
     for start in range(0, self.num_examples, rows):
       yield self.x[start:start + rows], self.y[start:start + rows]
@@ -666,11 +669,12 @@ class ShardedFeatures(FeatureSource):
   def num_chunks(self, rows: int) -> int:
     return _layout(self.meta).num_chunks(self._counts, rows)
 
-  def chunks(self, rows: int, prefetch: int = 1):
+  def chunks(self, rows: int, prefetch: int = 1, recycle: bool = False):
     """Yields (features [<= rows, dim] float32, 64-byte aligned, labels
     [<= rows] int64) over the whole split, in order."""
     _check_chunking(rows, prefetch)
-    read = _layout(self.meta).chunks(self.paths, self._counts, rows,
-                                     self.dim, self.dtype, FeatureCacheError)
+    read = _layout(self.meta).chunks(
+        self.paths, self._counts, rows, self.dim, self.dtype,
+        FeatureCacheError, recycle=prefetch + 2 if recycle else 0)
     yield from host.in_background(read, prefetch,
                                   name="ShardedFeatures.chunks")

@@ -10,7 +10,6 @@ reports on; "official_val" for comparisons with the literature).
 import dataclasses
 import datetime
 import hashlib
-import inspect
 import json
 import os
 import time
@@ -25,6 +24,7 @@ from selfsup import data as data_lib
 from selfsup.evaluation import extract, lbfgs, sgd
 from selfsup.evaluation import features as features_lib
 from selfsup.core import checks, files
+from selfsup.core import pooling as pooling_lib
 from selfsup.workdir import export as export_lib
 from selfsup.workdir import sources
 
@@ -48,6 +48,7 @@ class EvalSettings:
   max_iter: int = 800
   l2: Optional[float] = None
   max_features: int = extract.MAX_FEATURES
+  pooling: str = pooling_lib.DEFAULT_RULE
   sgd_kwargs: Optional[Mapping[str, Any]] = None
   precondition: bool = True
   data_dir: Optional[str] = None
@@ -73,6 +74,7 @@ class EvalSettings:
     checks.integer(name("max_iter"), self.max_iter, minimum=1)
     checks.number(name("l2"), self.l2, minimum=0, optional=True)
     checks.integer(name("max_features"), self.max_features, minimum=1)
+    pooling_lib.check_rule(self.pooling, name("pooling"))
     checks.mapping(name("sgd_kwargs"), self.sgd_kwargs)
     checks.boolean(name("precondition"), self.precondition)
     checks.string(name("data_dir"), self.data_dir, optional=True)
@@ -99,6 +101,8 @@ class EvalSettings:
     """The settings that determine a result (results.json's `settings`)."""
     out = {"batch_size": self.batch_size, "max_features": self.max_features,
            "l2": self.l2}
+    if self.pooling != pooling_lib.DEFAULT_RULE:
+      out["pooling"] = self.pooling  # it changes the block features
     if self.feature_dtype != "float32":
       out["feature_dtype"] = self.feature_dtype  # it changes the features
     if self.protocol == "lbfgs":
@@ -131,7 +135,8 @@ class _Context:
 def linear_eval(workdir, *, data_dir=None, protocol="lbfgs",
                 layers=("pre_logits",), train_split="train", eval_split="val",
                 fraction=None, batch_size=256, max_iter=800, l2=None,
-                max_features=extract.MAX_FEATURES, sgd_kwargs=None,
+                max_features=extract.MAX_FEATURES,
+                pooling=pooling_lib.DEFAULT_RULE, sgd_kwargs=None,
                 export_dir=None, precondition=True, feature_dtype="float32",
                 feature_format="tfrecord", memory_budget_mb=None):
   """Exports (or reuses) features and fits the evaluation model.
@@ -154,7 +159,9 @@ def linear_eval(workdir, *, data_dir=None, protocol="lbfgs",
       objective, minimised in several times fewer iterations; False runs
       plain L-BFGS as the paper.
     l2: L-BFGS/head penalty lambda; default 100 / (M * C).
-    max_features: spatial endpoints are pooled to at most this many.
+    max_features: spatial endpoints are pooled to about this many.
+    pooling: how: "nearest" (the authors' adaptive grid), "floor" or "max"
+      (the authors' `--pool_mode max`; `selfsup.core.pooling`).
     sgd_kwargs: arguments of `selfsup.evaluation.sgd.train_head` for the SGD
       protocols.
     export_dir: the exported backbone; default workdir/export.
@@ -179,7 +186,7 @@ def linear_eval(workdir, *, data_dir=None, protocol="lbfgs",
   return run(workdir, EvalSettings(
       protocol=protocol, layers=layers, train_split=train_split,
       eval_split=eval_split, fraction=fraction, batch_size=batch_size,
-      max_iter=max_iter, l2=l2, max_features=max_features,
+      max_iter=max_iter, l2=l2, max_features=max_features, pooling=pooling,
       sgd_kwargs=sgd_kwargs, precondition=precondition, data_dir=data_dir,
       export_dir=export_dir, feature_dtype=feature_dtype,
       feature_format=feature_format, memory_budget_mb=memory_budget_mb))
@@ -273,18 +280,8 @@ def eval_source(workdir, data_dir=None, fraction=None):
   return sources.build_source(fraction=fraction, **kwargs)
 
 
-def _pooling_code():
-  """A hash of the feature extraction code (pooling, patch averaging): a
-  change there changes the features, so it invalidates the caches."""
-  try:
-    text = inspect.getsource(extract)
-  except (OSError, TypeError):
-    text = getattr(extract, "__file__", "extract")
-  return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
 def feature_fingerprint(export, source, split, layer, max_features, spec,
-                        dtype="float32"):
+                        dtype="float32", rule=pooling_lib.DEFAULT_RULE):
   """Everything that determines the cached features of one split."""
   return {
       "format": features_lib.FORMAT,
@@ -293,9 +290,10 @@ def feature_fingerprint(export, source, split, layer, max_features, spec,
       "source": getattr(source, "record", {"name": source.name}),
       "split": split,
       "layer": layer,
-      "pooling": {"max_features": int(max_features),
-                  "rule": extract.pooling_grid(),
-                  "code": _pooling_code()},
+      # The pooling's explicit version, not a hash of the code: a comment
+      # or a refactor keeps every cache; a change of output bumps it.
+      "pooling": {"max_features": int(max_features), "rule": rule,
+                  "version": pooling_lib.VERSION},
       "preprocessing": spec,
       "dtype": dtype,
   }
@@ -312,7 +310,7 @@ def cached_features(ctx, layers):
   settings = ctx.settings
   prints = {layer: {split: feature_fingerprint(
       ctx.export, ctx.source, split, layer, settings.max_features, spec,
-      settings.feature_dtype) for split in ctx.splits}
+      settings.feature_dtype, settings.pooling) for split in ctx.splits}
             for layer in layers}
   for layer in layers:
     for split in ctx.splits:
@@ -322,7 +320,8 @@ def cached_features(ctx, layers):
       ctx.export_dir, ctx.source, ctx.splits,
       {layer: ctx.feature_dir(layer) for layer in layers},
       endpoint=tuple(layers), batch_size=settings.batch_size,
-      max_features=settings.max_features, spec=spec, **settings.storage)
+      max_features=settings.max_features, spec=spec,
+      pooling_rule=settings.pooling, **settings.storage)
   return prints
 
 
@@ -408,7 +407,8 @@ def _sgd(ctx, layer, prints):
         training=False)
     result = sgd.train_head(head, train_data=train_data, eval_data=eval_data,
                             backbone=backbone, endpoint=layer,
-                            max_features=settings.max_features, **common)
+                            max_features=settings.max_features,
+                            pooling_rule=settings.pooling, **common)
     extra = {}
   else:
     out_dir = ctx.feature_dir(layer)

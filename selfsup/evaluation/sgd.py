@@ -296,7 +296,7 @@ class _Inputs:
 
 
 def _inputs(train_data, eval_data, input_dim, backbone, endpoint,
-            max_features):
+            max_features, pooling_rule):
   on_the_fly = backbone is not None
   if on_the_fly and not isinstance(backbone, keras.Model):
     raise ValueError(f"backbone must be a keras.Model, got {type(backbone)}.")
@@ -311,12 +311,13 @@ def _inputs(train_data, eval_data, input_dim, backbone, endpoint,
     # One image through the backbone sizes the (pooled) representation.
     dummy = tf.zeros([1, *x_spec.shape[1:]], tf.float32)
     found = int(extract.representation(backbone, dummy, endpoint,
-                                       max_features).shape[-1])
+                                       max_features, pooling_rule).shape[-1])
     source = f"the backbone's endpoint {endpoint!r}"
 
     def features_of(x):
       return tf.stop_gradient(extract.representation(
-          backbone, tf.cast(x, tf.float32), endpoint, max_features))
+          backbone, tf.cast(x, tf.float32), endpoint, max_features,
+          pooling_rule))
   else:
     found, source = x_spec.shape[-1], "train_data's features"
 
@@ -444,6 +445,7 @@ def train_head(head="linear", *, train_data: tf.data.Dataset,
                backbone: Optional[keras.Model] = None,
                endpoint: str = "pre_logits",
                max_features: int = extract.MAX_FEATURES,
+               pooling_rule: str = "nearest",
                seed: Optional[int] = None,
                eval_every_epochs: Optional[int] = None,
                log: Callable[[str], None] = logging.info) -> dict:
@@ -474,6 +476,7 @@ def train_head(head="linear", *, train_data: tf.data.Dataset,
     endpoint: the backbone output used as representation.
     max_features: a spatial endpoint is max-pooled to about this many
       features, as in the feature export.
+    pooling_rule: how (`selfsup.core.pooling`), as in the feature export.
     seed: seeds the head's initialisation and dropout.
     eval_every_epochs: also evaluate every this many epochs (into history).
     log: called with one line per epoch.
@@ -495,7 +498,7 @@ def train_head(head="linear", *, train_data: tf.data.Dataset,
       scale_lr=scale_lr, steps_per_epoch=steps_per_epoch,
       batch_size=batch_size, eval_every_epochs=eval_every_epochs, seed=seed)
   inputs = _inputs(train_data, eval_data, input_dim, backbone, endpoint,
-                   max_features)
+                   max_features, pooling_rule)
   steps = config.steps_per_epoch or _steps_per_epoch(train_data, log)
   batches, actual_batch = _batches(train_data, inputs.key)
   batch_size = config.batch_size or actual_batch
