@@ -23,6 +23,7 @@ import sys
 import time
 
 from selfsup.core import files
+from selfsup.core import lock
 
 TASKS = ("rotation", "exemplar", "jigsaw", "relative_patch_location",
          "supervised")
@@ -213,6 +214,10 @@ def main(argv):
   data, note = choose_data(args.data, args.download)
   conf = DATA[data]
   os.makedirs(args.workdir, exist_ok=True)
+  try:  # held until the process ends; its commands lock their own workdirs
+    lock.WorkdirLock(args.workdir, "demo").acquire()
+  except lock.WorkdirLockedError as err:
+    raise DemoError(str(err)) from None
   log_path = os.path.join(args.workdir, "demo.log")
   if note:
     print(note)

@@ -63,18 +63,21 @@ def main(argv):
   import tensorflow as tf
   import selfsup.models
   import selfsup.tasks
-  from selfsup.core import files
+  from selfsup.core import checks, files, lock
+  from selfsup.core.errors import WorkdirError
   from selfsup.workdir import export
   # pylint: enable=g-import-not-at-top
-  with common.reporting(show_traceback):
+  with common.reporting(show_traceback), lock.WorkdirLock(FLAGS.workdir,
+                                                         "import_tf1"):
     workdir = FLAGS.workdir
     if tf.io.gfile.exists(os.path.join(workdir, "export", export.INFO)):
-      raise ValueError(f"{workdir} already holds an export (export/"
-                       f"{export.INFO}): give a new --workdir.")
+      raise WorkdirError(f"{workdir} already holds an export (export/"
+                         f"{export.INFO}): give a new --workdir.")
     task = selfsup.tasks.TASKS.lookup(FLAGS.task)[0]
     size = FLAGS.image_size or (64 if task.patch_based else 224)
     if size < 8:
-      raise ValueError(f"--image_size={size} is not valid: expected >= 8.")
+      raise checks.ConfigError(
+          f"--image_size={size} is not valid: expected >= 8.")
     builder, _ = selfsup.models.BACKBONES.lookup(FLAGS.backbone)
     kwargs = ({"input_shape": (size, size, 3)}
               if getattr(builder, "fixed_input_size", False) else {})

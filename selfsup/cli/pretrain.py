@@ -12,7 +12,8 @@ checkpoints, TensorBoard summaries, the export (export/: the backbone for
 selfsup-linear-eval and selfsup.Representation) and pretrain.log. Bad
 settings and known failures end with one `error:` line and exit status 1
 (`--verbosity=1` shows the traceback). Re-running a finished workdir changes
-nothing.
+nothing. The workdir is locked while this runs: a second pretraining or an
+evaluation there is refused with a line naming this one.
 """
 import sys
 
@@ -49,6 +50,7 @@ def main(argv):
   common.quiet_console()
   # Imported after flag checks (TensorFlow is slow to import) and before gin
   # parsing (it registers the configurables).
+  from selfsup.core import lock  # pylint: disable=g-import-not-at-top
   from selfsup.data.decode import DataNotFoundError  # pylint: disable=g-import-not-at-top
   from selfsup.train import experiment  # pylint: disable=g-import-not-at-top
 
@@ -64,13 +66,15 @@ def main(argv):
     if not FLAGS.workdir:
       sys.exit("error: --workdir is required (where checkpoints, summaries "
                "and the exported backbone go).")
-    trainer = experiment.prepare(FLAGS.workdir, source=source, tpu=FLAGS.tpu,
-                                 strategy_kind=FLAGS.strategy)
-    if experiment.finished_results(trainer) is None:  # else nothing changes
-      log = common.log_to_workdir(FLAGS.workdir, "pretrain")
-      if log:
-        print(f"log: {log}", flush=True)
-    results = experiment.run(trainer)
+    # Held from before the start-up cleanup to after the last record.
+    with lock.WorkdirLock(FLAGS.workdir, "pretrain"):
+      trainer = experiment.prepare(FLAGS.workdir, source=source,
+                                   tpu=FLAGS.tpu, strategy_kind=FLAGS.strategy)
+      if experiment.finished_results(trainer) is None:  # else nothing changes
+        log = common.log_to_workdir(FLAGS.workdir, "pretrain")
+        if log:
+          print(f"log: {log}", flush=True)
+      results = experiment.run(trainer)
   if results.get("already_finished"):
     print(f"already finished: {FLAGS.workdir} holds {results.get('task')} "
           f"({results.get('backbone')}) trained for {trainer.step} steps and "

@@ -1,33 +1,86 @@
 """Writing a file so that a reader never sees half of it.
 
-The text goes to `<path>.tmp` first and is renamed over `path` when
-complete: a rename is atomic on local and POSIX file systems, so a killed
-writer leaves the old file (or none) plus a stray `.tmp`, never a truncated
-`path`. Remote paths (gs://, ...) go through `tf.io.gfile`, where the rename
-of an object store is a copy and a delete: still never a partial `path`.
+The text goes to `<path>.<host>-<pid>-<random>.tmp` first (a name no other
+process writes, so two writers never mix their bytes) and is renamed over
+`path` when complete: a rename is atomic on local and POSIX file systems, so
+a killed writer leaves the old file (or none) plus a stray `.tmp`, never a
+truncated `path`; a failed write (a full disk) removes its `.tmp` and
+raises. A rewritten file keeps the permissions of the file it replaces.
+Remote paths (gs://, ...) go through `tf.io.gfile`, where the rename of an
+object store is a copy and a delete: still never a partial `path`.
 Local writes do not import TensorFlow (the study runner and the demo use
 this without it).
 """
 import json
 import os
+import stat
 
 TMP_SUFFIX = ".tmp"
 
 
 def atomic_write(path: str, data, mode: str = "w") -> None:
   """Writes `data` (str, or bytes with mode="wb") to `path` atomically."""
-  tmp = path + TMP_SUFFIX
+  tmp = f"{path}.{_owner_tag()}{TMP_SUFFIX}"
   if "://" in path:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    with tf.io.gfile.GFile(tmp, mode) as f:
-      f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    try:
+      with tf.io.gfile.GFile(tmp, mode) as f:
+        f.write(data)
+      tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+      _discard(tmp, tf.io.gfile.remove)
+      raise
     return
-  with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  _remove_stale(path)
+  try:
+    with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    _keep_mode(path, tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    _discard(tmp, os.remove)
+    raise
+
+
+def _owner_tag():
+  from selfsup.core import lock  # pylint: disable=g-import-not-at-top
+  return lock.owner_tag()
+
+
+def _remove_stale(path):
+  """Removes the `.tmp` files of `path` that writers killed on this host
+  left; those of live processes (or of other hosts) stay."""
+  from selfsup.core import lock  # pylint: disable=g-import-not-at-top
+  folder, base = os.path.split(os.path.abspath(path))
+  prefix = base + "."
+  try:
+    names = [n for n in os.listdir(folder)
+             if n.startswith(prefix) and n.endswith(TMP_SUFFIX)]
+  except OSError:
+    return
+  for name in names:
+    owner = name[len(prefix):-len(TMP_SUFFIX)]
+    if name == base + TMP_SUFFIX or not lock.owned_by_live_process(owner):
+      _discard(os.path.join(folder, name), os.remove)
+
+
+def _keep_mode(path, tmp):
+  """Gives `tmp` the permission bits of the file it is about to replace (a
+  new file keeps the umask's)."""
+  try:
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+  except FileNotFoundError:
+    return
+  os.chmod(tmp, mode)
+
+
+def _discard(tmp, remove):
+  try:
+    remove(tmp)
+  except Exception:  # pylint: disable=broad-except
+    pass  # never written, or the file system is gone: the error says why
 
 
 def write_json(path: str, obj, *, indent=1, sort_keys: bool = False,

@@ -2,8 +2,14 @@
 `places205` (the same layout, plus the paper's held-out validation split).
 
 Files are listed when the source is made, so a missing or empty folder fails
-at once. Each folder is scanned once, on first use: every file is decoded, the
-ones that do not decode are skipped and logged, and too many stop the run with
+at once. `contents_sha256` hashes that listing (each split folder's (class,
+file) index with every file's size and modification time), and the
+workdir's source record carries it: a renamed class, an added, removed or
+rewritten image makes another record, so cached features of the old
+contents are recomputed and results of the two are kept apart.
+
+Each folder is scanned once, on first use: every file is decoded, the ones
+that do not decode are skipped and logged, and too many stop the run with
 their names (see `decode.check_bad_images`).
 """
 import hashlib
@@ -49,6 +55,18 @@ def _is_dir(entry):
     return entry.is_dir()
   except OSError:  # a broken link or an unreadable entry: a bad file
     return False
+
+
+def _size_and_time(path):
+  """`size mtime_ns` of a local file ("" remotely or when it cannot be
+  read: the scan finds such files)."""
+  if "://" in path:
+    return ""
+  try:
+    info = os.stat(path)
+  except OSError:
+    return ""
+  return f"{info.st_size} {info.st_mtime_ns}"
 
 
 def _stable_rank(keys):
@@ -120,6 +138,26 @@ class ImageFolder(base.IndexedSource):
     self.bad_files = {}  # split folder -> paths skipped by the scan
     self._good = {}
     self._index = {}
+
+  def contents_sha256(self):
+    """{split folder: sha256 of its (class/file, label, size, mtime) index}.
+
+    Local folders stat every file (a few seconds per million); on remote
+    file systems (gs://) only the names count, a stat per object being
+    too slow: there an image rewritten under its old name goes unnoticed.
+    """
+    label_of = {c: i for i, c in enumerate(self.class_names)}
+    out = {}
+    for folder, classes in sorted(self._listing.items()):
+      digest = hashlib.sha256()
+      for c, names in sorted(classes.items()):
+        base = os.path.join(self.root, folder, c)
+        for name in names:
+          digest.update(f"{c}/{name}\0{label_of[c]}\0"
+                        f"{_size_and_time(os.path.join(base, name))}\n"
+                        .encode("utf-8", "surrogateescape"))
+      out[folder] = digest.hexdigest()
+    return out
 
   def _split_folders(self, holdout):
     """Maps split name -> (folder, part); part is None, "train" or "val"."""

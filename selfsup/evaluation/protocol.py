@@ -7,6 +7,7 @@ default the data source is the one the workdir was pretrained on (its
 split "train" and the evaluation split "val" (the held-out split the paper
 reports on; "official_val" for comparisons with the literature).
 """
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -25,6 +26,8 @@ from selfsup.evaluation import extract, lbfgs, sgd
 from selfsup.evaluation import features as features_lib
 from selfsup.core import checks, files
 from selfsup.core import pooling as pooling_lib
+from selfsup.core import lock as lock_lib
+from selfsup.core.errors import NotFiniteError, WorkdirError
 from selfsup.workdir import export as export_lib
 from selfsup.workdir import sources
 
@@ -196,6 +199,7 @@ def run(workdir, settings: EvalSettings):
   """`linear_eval` with its settings as one `EvalSettings`."""
   export_dir = settings.export_dir or os.path.join(workdir, "export")
   info = export_lib.load_info(export_dir)
+  _read_results(workdir)  # a damaged results.json fails before any work
   for layer in settings.layers:
     if layer not in info["endpoints"]:
       raise checks.ConfigError(
@@ -227,6 +231,7 @@ def run(workdir, settings: EvalSettings):
       result = _sgd(ctx, layer, prints.get(layer))
     if prints:
       result["export_seconds"] = export_seconds
+    _check_export_unchanged(ctx)
     results.append(entry(result, info=info, export=ctx.export,
                          source=source, protocol=settings.protocol,
                          layer=layer, train_split=settings.train_split,
@@ -350,6 +355,8 @@ def _lbfgs(ctx, layer, prints):
                   max_iter=settings.max_iter,
                   precondition=settings.precondition,
                   memory_budget_mb=settings.memory_budget_mb)
+  _check_finite(layer, "L-BFGS", objective=fit.objective,
+                weights=fit.weights, bias=fit.bias)
   if settings.memory_budget_mb is None:
     scores = lbfgs.evaluate(fit, eval_x, eval_y)
   else:
@@ -405,10 +412,12 @@ def _sgd(ctx, layer, prints):
     eval_data = data_lib.make_pipeline(
         ctx.source, eval_split, specs["eval"], batch_size=settings.batch_size,
         training=False)
-    result = sgd.train_head(head, train_data=train_data, eval_data=eval_data,
-                            backbone=backbone, endpoint=layer,
-                            max_features=settings.max_features,
-                            pooling_rule=settings.pooling, **common)
+    with _not_finite_as_error(layer, head):
+      result = sgd.train_head(head, train_data=train_data,
+                              eval_data=eval_data, backbone=backbone,
+                              endpoint=layer,
+                              max_features=settings.max_features,
+                              pooling_rule=settings.pooling, **common)
     extra = {}
   else:
     out_dir = ctx.feature_dir(layer)
@@ -417,13 +426,59 @@ def _sgd(ctx, layer, prints):
         seed=seed, fingerprint=prints[train_split])
     eval_data = features_lib.dataset(out_dir, eval_split, settings.batch_size,
                                      fingerprint=prints[eval_split])
-    result = sgd.train_head(head, train_data=train_data, eval_data=eval_data,
-                            **common)
+    with _not_finite_as_error(layer, head):
+      result = sgd.train_head(head, train_data=train_data,
+                              eval_data=eval_data, **common)
     extra = _cache_record(ctx, layer, prints)
-  result.pop("model", None)
+  model = result.pop("model", None)
+  _check_finite(layer, f"SGD {head}", train_loss=result.get("train_loss", 0),
+                weights=model.get_weights() if model is not None else [])
   result["augment"] = prints is None
   result.update(extra)
   return result
+
+
+def _check_finite(layer, fit, **values):
+  """Refuses a fit whose objective or weights are NaN or infinite: its
+  scores would be meaningless (a NaN model ties every class)."""
+  bad = [name for name, value in values.items()
+         if not all(np.all(np.isfinite(np.asarray(v, np.float64)))
+                    for v in (value if isinstance(value, list) else [value]))]
+  if bad:
+    shown = {k: float(v) for k, v in values.items()
+             if not isinstance(v, list) and np.ndim(v) == 0}
+    raise NotFiniteError(
+        f"The {fit} fit on layer {layer!r} gave non-finite {', '.join(bad)} "
+        f"({shown}): no score is recorded. Lower linear_eval.l2 or check the "
+        "features (a diverged or collapsed backbone).")
+
+
+@contextlib.contextmanager
+def _not_finite_as_error(layer, head):
+  try:
+    yield
+  except FloatingPointError as err:
+    raise NotFiniteError(f"The SGD {head} fit on layer {layer!r} diverged: "
+                         f"{err}; no score is recorded. Lower the learning "
+                         "rate or linear_eval.l2.") from err
+
+
+def _check_export_unchanged(ctx):
+  """Refuses to score features of weights other than the ones recorded:
+  the export was rewritten (a pretraining re-exported) while they were
+  computed. The export's info.json is removed before its files are
+  replaced and written after, so an unchanged hash means unchanged
+  weights."""
+  try:
+    now = export_lib.fingerprint(ctx.export_dir)
+  except FileNotFoundError:
+    now = None
+  if now is None or now["weights_sha256"] != ctx.export["weights_sha256"]:
+    raise WorkdirError(
+        f"The export {ctx.export_dir} changed during the evaluation (now: "
+        f"{'incomplete' if now is None else 'step %s' % now['step']}; it "
+        f"started at step {ctx.export['step']}): its features may mix two "
+        "models. Run linear_eval again once the pretraining ends.")
 
 
 def entry(result, *, info, export, source, protocol, layer, train_split,
@@ -461,15 +516,34 @@ def _pretext_accuracy(workdir):
   return end.get("accuracy")
 
 
-def _record(workdir, results):
-  """Merges `results` into workdir/results.json: an entry with the same
-  `key` (same export, same settings) is replaced, any other kept."""
+def _read_results(workdir):
+  """The entries of workdir/results.json ([] if none); a file that is not a
+  JSON list of entries raises WorkdirError naming it."""
   path = os.path.join(workdir, RESULTS)
-  entries = []
-  if tf.io.gfile.exists(path):
+  if not tf.io.gfile.exists(path):
+    return []
+  try:
     with tf.io.gfile.GFile(path) as f:
       entries = json.load(f)
-  new = {r["key"] for r in results}
-  entries = [e for e in entries if e.get("key") not in new] + results
-  files.atomic_write(path, json.dumps(entries, indent=2, default=str))
+  except (ValueError, UnicodeDecodeError) as err:
+    raise WorkdirError(f"{path} is not valid JSON ({err}): move it away or "
+                       "repair it; its entries would be lost.") from err
+  if not isinstance(entries, list) or not all(isinstance(e, dict)
+                                              for e in entries):
+    raise WorkdirError(f"{path} is not a list of result entries: move it "
+                       "away or repair it.")
+  return entries
+
+
+def _record(workdir, results):
+  """Merges `results` into workdir/results.json: an entry with the same
+  `key` (same export, same settings) is replaced, any other kept. The read,
+  merge and write hold a lock, so evaluations running together keep every
+  entry."""
+  path = os.path.join(workdir, RESULTS)
+  with lock_lib.file_lock(path):
+    entries = _read_results(workdir)
+    new = {r["key"] for r in results}
+    entries = [e for e in entries if e.get("key") not in new] + results
+    files.atomic_write(path, json.dumps(entries, indent=2, default=str))
   logging.info("Results written to %s.", path)

@@ -352,14 +352,18 @@ def _eval_step(model, inputs, num_classes):
   def eval_step(x, y):
     logits = model(inputs.features_of(x), training=False)
     y = _checked_labels(y, num_classes)
-    # Rank of the true class; ties count in the model's favour, as in
-    # lbfgs.evaluate and tf.math.in_top_k.
+    # Rank of the true class among the others scoring at least as high (NaN
+    # counted as higher): ties count against the model, as in lbfgs.evaluate,
+    # so collapsed logits cannot score 100%; a NaN label score never counts.
     true = tf.gather(logits, y, batch_dims=1)
-    rank = tf.reduce_sum(tf.cast(logits > true[:, None], tf.int32), axis=1)
+    rank = tf.reduce_sum(tf.cast(tf.logical_not(logits < true[:, None]),
+                                 tf.int32), axis=1) - 1
+    valid = tf.logical_not(tf.math.is_nan(true))
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y,
                                                         logits=logits)
     count = lambda t: tf.reduce_sum(tf.cast(t, tf.float32))
-    return count(rank < 1), count(rank < 5), count(tf.ones_like(y)), count(ce)
+    return (count((rank < 1) & valid), count((rank < 5) & valid),
+            count(tf.ones_like(y)), count(ce))
   return eval_step
 
 

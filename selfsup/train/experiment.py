@@ -9,8 +9,15 @@ workdir's records change only when work succeeds: `config.gin` and
 `data.json` (the data source's arguments, `data_dir` included, so that
 bin/linear_eval finds the data on its own) are written before training only
 in a fresh workdir, after a checked resume otherwise only at the end, with
-`operative_config.gin` and `pretrain_results.json`. A finished run is left
-as it is.
+`operative_config.gin` and `pretrain_results.json`.
+
+A crash at any point is completed by the next run: the records are written
+before the export, whose `info.json` (written last) marks the whole run
+done, and a run counts as finished only when the export of its last step
+checks out (`export.verify`) and every record is there and of that step;
+otherwise the end is redone (nothing retrained). The pretext accuracy before
+training is kept in `pretext_eval_start.json`, so a resumed run reports it.
+A finished run is left as it is.
 """
 import json
 import os
@@ -21,6 +28,8 @@ from absl import logging
 
 import selfsup.tasks
 from selfsup.core import checks, files, gin_files
+from selfsup.core.errors import WorkdirError
+from selfsup.core.log import progress
 from selfsup.train.strategy import make_strategy
 from selfsup.train.trainer import TrainConfig, Trainer
 from selfsup.workdir import export as export_lib
@@ -34,6 +43,9 @@ ConfiguredTrainConfig = gin.external_configurable(
     TrainConfig, name="TrainConfig", module="selfsup")
 
 RESULTS = "pretrain_results.json"
+PRETEXT_START = "pretext_eval_start.json"
+# The records a finished run has besides its export and RESULTS.
+RECORDS = ("config.gin", "operative_config.gin", sources.DATA_RECORD)
 
 
 @gin.configurable(module="selfsup")
@@ -96,31 +108,86 @@ def prepare(workdir, *, source=None, data_dir=None, tpu=None,
   trainer = Trainer(task, source, workdir, config, strategy=strategy)
   trainer.gin_config = gin.config_str()
   trainer.restore()  # a checkpoint of another model fails here
+  _check_not_behind_export(trainer)
   if trainer.is_chief and trainer.step == 0:
     _write_records(trainer)  # a fresh start: record what it is
   return trainer
 
 
+def _check_not_behind_export(trainer):
+  """Refuses to train from scratch over an export of a later step: its
+  checkpoints are gone (deleted, or in another folder), and a restart from
+  step 0 would overwrite the export with a worse model."""
+  try:
+    info = export_lib.load_info(os.path.join(trainer.workdir, "export"))
+  except (FileNotFoundError, WorkdirError):
+    return
+  step = info.get("step")
+  if isinstance(step, int) and step > trainer.step:
+    raise WorkdirError(
+        f"{trainer.workdir}/export holds the model of step {step}, but the "
+        f"checkpoints in {trainer.checkpoint.directory} reach only step "
+        f"{trainer.step}: refusing to train over it from there. Restore the "
+        "checkpoints, or use a new --workdir.")
+
+
 def finished_results(trainer):
   """The results of a run already finished in its workdir, or None.
 
-  Finished means trained to `total_steps` with a complete export of that
-  step.
+  Finished means trained to `total_steps`, with an export of that step whose
+  files are the ones written (sizes and hashes in its info.json) and every
+  record (`RECORDS`, `RESULTS` of that step) in place. Anything less is
+  redone by `run`, which says why.
   """
   if not trainer.finished:
     return None
+  workdir = trainer.workdir
+  export_dir = os.path.join(workdir, "export")
   try:
-    info = export_lib.load_info(os.path.join(trainer.workdir, "export"))
+    info = export_lib.load_info(export_dir)
+    if info.get("step") != trainer.step:
+      return None
+    export_lib.verify(export_dir, info, hashes=True)
   except FileNotFoundError:
     return None
-  if info.get("step") != trainer.step:
+  except WorkdirError as err:
+    logging.warning("%s Exporting again.", err)
     return None
-  path = os.path.join(trainer.workdir, RESULTS)
-  results = {}
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      results = json.load(f)
+  results = _read_json(os.path.join(workdir, RESULTS))
+  missing = [n for n in RECORDS
+             if not tf.io.gfile.exists(os.path.join(workdir, n))]
+  if results is None or results.get("step") != trainer.step or missing:
+    logging.warning("%s: the records of step %d are incomplete (%s): writing "
+                    "them again.", workdir, trainer.step,
+                    ", ".join(missing or [RESULTS]))
+    return None
   return dict(results, already_finished=True)
+
+
+def _read_json(path):
+  """A JSON object from `path`, or None when it is missing or damaged (a
+  record that the run rewrites)."""
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      value = json.load(f)
+  except (ValueError, UnicodeDecodeError):
+    logging.warning("%s is damaged: it will be written again.", path)
+    return None
+  return value if isinstance(value, dict) else None
+
+
+def _pretext_start(trainer):
+  """The pretext evaluation before training: measured at step 0 (and kept
+  in the workdir), read back when the run resumes later."""
+  path = os.path.join(trainer.workdir, PRETEXT_START)
+  if trainer.step > 0:
+    return _read_json(path)
+  start = trainer.evaluate(trainer.config.eval_split)
+  if trainer.is_chief:
+    files.write_json(path, start, indent=2)
+  return start
 
 
 def run(trainer):
@@ -134,13 +201,14 @@ def run(trainer):
   """
   task, workdir, cfg = trainer.task, trainer.workdir, trainer.config
   trainer.restore()
+  _check_not_behind_export(trainer)
   done = finished_results(trainer)
   if done is not None:
-    logging.info("%s is already finished: step %d of %d, exported. Nothing "
+    progress.info("%s is already finished: step %d of %d, exported. Nothing "
                  "to do (raise TrainConfig.train_steps or epochs to train "
                  "on).", workdir, trainer.step, trainer.total_steps)
     return done
-  logging.info("%s on %s: %d steps of %d images (%d per epoch), %d replicas.",
+  progress.info("%s on %s: %d steps of %d images (%d per epoch), %d replicas.",
                task.name, trainer.source.name, trainer.total_steps,
                cfg.batch_size, trainer.steps_per_epoch,
                trainer.strategy.num_replicas_in_sync)
@@ -149,16 +217,21 @@ def run(trainer):
              "data": getattr(trainer.source, "record", None),
              "seed": cfg.seed, "eval_split": cfg.eval_split,
              "eval_batches": cfg.eval_batches}
-  if cfg.eval_split and trainer.step == 0:
-    results["pretext_eval_start"] = trainer.evaluate(cfg.eval_split)
+  start = _pretext_start(trainer) if cfg.eval_split else None
+  if start is not None:
+    results["pretext_eval_start"] = start
   results["final_train_logs"] = trainer.train()
   if cfg.eval_split:
     results["pretext_eval_end"] = trainer.evaluate(cfg.eval_split)
-  results["export"] = trainer.export()
+  results["export"] = (os.path.join(workdir, "export") if trainer.is_chief
+                       else None)
   results["step"] = trainer.step
   if trainer.is_chief:  # the other workers of a multi-worker run write nothing
     if not hasattr(trainer, "gin_config"):
       trainer.gin_config = gin.config_str()
+    # Records first, the export's info.json last: a crash in between leaves
+    # an incomplete export, so the next run redoes the end.
     _write_records(trainer, operative=True)
     files.write_json(os.path.join(workdir, RESULTS), results, indent=2)
+    results["export"] = trainer.export()
   return results

@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from selfsup import data as data_lib
-from selfsup.core import checks, files, precision
+from selfsup.core import checks, files, lock, precision
 from selfsup.core.schedules import WarmupStepDecay
 from selfsup.train import checkpoints
 from selfsup.workdir import export
@@ -330,8 +330,7 @@ class Trainer:
     logging.info(
         "step %d/%d  loss %.4f  accuracy %.3f  lr %.4g  %.1f img/s  ETA %s",
         self.step, end, logs["loss"], logs.get("accuracy", float("nan")),
-        logs["learning_rate"], logs["images_per_sec"],
-        time.strftime("%H:%M:%S", time.gmtime(eta)))
+        logs["learning_rate"], logs["images_per_sec"], format_eta(eta))
 
   def evaluate(self, split=None, num_batches=None, batch_size=None):
     """Pretext loss and accuracy on `split` with the evaluation spec.
@@ -383,6 +382,18 @@ def export_backbone(task, workdir, step):
       image_size=task.image_size, patch_based=task.patch_based, step=step,
       eval_specs=task.evaluation_specs(task.image_size),
       pretext_eval_specs=task.specs["eval"])
+
+
+def format_eta(seconds):
+  """`H:MM:SS` with hours past 24 (`time.strftime` wrapped a 25-hour ETA to
+  01:00:00), and `Nd HH:MM:SS` from two days on."""
+  if not math.isfinite(seconds):
+    return "?"
+  minutes, secs = divmod(max(0, int(round(seconds))), 60)
+  hours, minutes = divmod(minutes, 60)
+  if hours < 48:
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+  return f"{hours // 24}d {hours % 24:02d}:{minutes:02d}:{secs:02d}"
 
 
 def _is_tpu(strategy):
@@ -444,12 +455,19 @@ def _seeded(seed):
 
 def _clean_temporary(workdir):
   """Removes what killed runs left: checkpoint saves (`ckpt-N_temp/`) and
-  the chief's scratch folders (`tmp/`, e.g. an unfinished export)."""
+  the chief's scratch folders (`tmp/`, e.g. an unfinished export) whose
+  owner (named in the folder's name) no longer runs: a live process's
+  scratch stays (the workdir lock keeps a second writer out; this keeps
+  a library caller without the lock from deleting a running export)."""
   leftovers = tf.io.gfile.glob(os.path.join(workdir, "checkpoints", "*_temp"))
-  leftovers += [p for p in tf.io.gfile.glob(
-      os.path.join(workdir, export.TMP, "*"))
-                if not os.path.basename(p.rstrip("/")).startswith(
-                    checkpoints.WORKER_SCRATCH)]
+  for path in tf.io.gfile.glob(os.path.join(workdir, export.TMP, "*")):
+    name = os.path.basename(path.rstrip("/"))
+    if name.startswith(checkpoints.WORKER_SCRATCH):
+      continue
+    if lock.owned_by_live_process(name.split("-", 1)[-1]):
+      logging.info("Keeping %s: the process that owns it still runs.", path)
+      continue
+    leftovers.append(path)
   for path in leftovers:
     logging.info("Removing %s, left by an interrupted run.", path)
     if tf.io.gfile.isdir(path):

@@ -12,7 +12,9 @@ without selfsup), `head.keras` when the pretraining backbone had a `logits`
 layer (that layer alone, pre_logits -> logits: Rotation's 4-way classifier,
 Exemplar's and the patch tasks' embedding) and `info.json` (task, backbone
 config, `input`: the images the backbone expects, evaluation specs,
-`weights_sha256`: a hash of every weight), written last: an export without
+`weights_sha256`: a hash of every weight; `files`: the size and sha256 of
+every file of the export, so that a truncated or damaged backbone.keras or
+SavedModel is found by `verify`), written last: an export without
 `info.json` is incomplete. Both are written in a scratch folder inside the
 workdir (`tmp/`, never the system's temporary folder) and moved into place;
 a killed export leaves its scratch folder, removed at the next start.
@@ -21,13 +23,14 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
+import zipfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from selfsup.core import files, precision
+from selfsup.core import files, lock, precision
+from selfsup.core.errors import WorkdirError
 
 INFO = "info.json"
 KERAS_FILE = "backbone.keras"
@@ -106,9 +109,10 @@ def weights_sha256(model):
 
 
 def scratch_dir(workdir, prefix):
-  """A new, empty scratch folder inside `workdir/tmp`."""
-  path = os.path.join(workdir, TMP, f"{prefix}-{os.getpid()}-"
-                      f"{uuid.uuid4().hex[:8]}")
+  """A new, empty scratch folder inside `workdir/tmp`, named
+  `<prefix>-<host>-<pid>-<random>` so that a cleanup can tell whether the
+  process that owns it still runs (`lock.owned_by_live_process`)."""
+  path = os.path.join(workdir, TMP, f"{prefix}-{lock.owner_tag()}")
   tf.io.gfile.makedirs(path)
   return path
 
@@ -163,6 +167,7 @@ def write_export(backbone, workdir, *, task, backbone_name, image_size,
       "eval_specs": eval_specs,
       "pretext_eval_specs": pretext_eval_specs,
       "weights_sha256": weights_sha256(backbone),
+      "files": manifest(out),
       **(extra or {}),
   }
   files.atomic_write(info_path, json.dumps(info, indent=2, default=str))
@@ -192,6 +197,74 @@ def _replace(src, dst):
     tf.io.gfile.copy(src, dst, overwrite=True)
 
 
+def _export_files(export_dir):
+  """Paths, relative to `export_dir`, of the model files (not info.json)."""
+  found = []
+  for name in (KERAS_FILE, HEAD_FILE):
+    if tf.io.gfile.exists(os.path.join(export_dir, name)):
+      found.append(name)
+  saved = os.path.join(export_dir, SAVED_MODEL)
+  if tf.io.gfile.isdir(saved):
+    for root, _, names in tf.io.gfile.walk(saved):
+      rel = os.path.relpath(root, export_dir)
+      found += [os.path.join(rel, n) for n in names]
+  return sorted(found)
+
+
+def _file_sha256(path):
+  digest = hashlib.sha256()
+  with tf.io.gfile.GFile(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 24), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def manifest(export_dir):
+  """{relative path: {"bytes", "sha256"}} of the export's model files."""
+  return {rel: {"bytes": tf.io.gfile.stat(os.path.join(export_dir,
+                                                      rel)).length,
+                "sha256": _file_sha256(os.path.join(export_dir, rel))}
+          for rel in _export_files(export_dir)}
+
+
+def verify(export_dir, info=None, hashes=False):
+  """Checks the export's files against info.json's `files`: each present,
+  of its size (and, with `hashes`, its sha256). Raises WorkdirError naming
+  the first file that differs. Exports written before `files` existed are
+  not checked."""
+  info = info if info is not None else load_info(export_dir)
+  recorded = info.get("files")
+  if not isinstance(recorded, dict):
+    return
+  for rel, want in sorted(recorded.items()):
+    path = os.path.join(export_dir, checked_relative(rel, export_dir))
+    if not tf.io.gfile.exists(path):
+      raise WorkdirError(f"The export in {export_dir} is damaged: {path} is "
+                         "missing. Run bin/pretrain again (it re-exports).")
+    size = tf.io.gfile.stat(path).length
+    if size != want.get("bytes") or (hashes and _file_sha256(path) !=
+                                     want.get("sha256")):
+      raise WorkdirError(
+          f"The export in {export_dir} is damaged: {path} "
+          f"({size} bytes) is not the file written ({want.get('bytes')} "
+          "bytes, sha256 recorded in info.json). Run bin/pretrain again (it "
+          "re-exports).")
+
+
+def checked_relative(rel, root):
+  """`rel`, a path read from a record of `root`, if it stays inside `root`
+  (no absolute path, no `..` out of it); else WorkdirError."""
+  if (not isinstance(rel, str) or not rel or os.path.isabs(rel)
+      or "://" in rel):
+    raise WorkdirError(f"A record in {root} names the path {rel!r}: expected "
+                       "a relative path inside it.")
+  norm = os.path.normpath(rel)
+  if norm == ".." or norm.startswith(".." + os.sep):
+    raise WorkdirError(f"A record in {root} names the path {rel!r}, which "
+                       "leads outside it: refused.")
+  return norm
+
+
 def load_info(export_dir):
   """Reads `info.json`; a missing one means no complete export."""
   path = os.path.join(export_dir, INFO)
@@ -199,15 +272,30 @@ def load_info(export_dir):
     raise FileNotFoundError(
         f"No complete exported backbone in {export_dir}: {INFO} is missing. "
         "Run bin/pretrain to the end (it exports when training finishes).")
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      info = json.load(f)
+  except (ValueError, UnicodeDecodeError) as err:
+    raise WorkdirError(f"{path} is not valid JSON ({err}): the export is "
+                       "damaged; run bin/pretrain again.") from err
+  if not isinstance(info, dict):
+    raise WorkdirError(f"{path} is not an export record (a JSON object).")
+  return info
 
 
 def load_backbone(export_dir):
-  """The exported backbone as a Keras model."""
+  """The exported backbone as a Keras model (Keras' safe mode: no code
+  stored in the file is run). A file that is not the one recorded raises
+  WorkdirError naming it."""
   import selfsup.models  # pylint: disable=g-import-not-at-top,unused-import
-  load_info(export_dir)
-  return keras.saving.load_model(os.path.join(export_dir, KERAS_FILE))
+  verify(export_dir)
+  path = os.path.join(export_dir, KERAS_FILE)
+  try:
+    return keras.saving.load_model(path, safe_mode=True)
+  except (ValueError, OSError, KeyError, EOFError,
+          zipfile.BadZipFile) as err:
+    raise WorkdirError(f"{path} does not load as a Keras model ({err}): the "
+                       "export is damaged; run bin/pretrain again.") from err
 
 
 def fingerprint(export_dir):
