@@ -34,7 +34,7 @@ import tensorflow as tf
 
 import selfsup.models  # noqa: F401  (registers the backbones' classes)
 from selfsup.core import pooling as pooling_lib
-from selfsup.preprocess import registry as spec_registry
+from selfsup import preprocessor as preprocessor_lib
 
 # This module is imported when Keras is (see selfsup/__init__.py), possibly
 # while another selfsup module is half imported: the evaluation and export
@@ -45,45 +45,6 @@ MAX_FEATURES = pooling_lib.MAX_FEATURES
 GRID_RULES = pooling_lib.RULES
 POOLINGS = ("evaluation", "avg", "max", None)
 BATCH_NORM = ("frozen", "train")
-# Ops that only take one image [H, W, C]: run image by image (tf.map_fn).
-_PER_IMAGE_OPS = ("crop_patches", "inception_crop")
-# Ops that make pretext examples: not a representation's preprocessing.
-_PRETEXT_OPS = ("rotate", "jigsaw", "jigsaw_shared", "relative_patch_location",
-                "exemplar")
-
-
-def _parse_spec(spec):
-  """[(name, fn)] of an evaluation spec's ops, `decode` left out (the layer
-  converts channels itself; it receives pixels, never encoded bytes)."""
-  if isinstance(spec, dict):
-    if "eval" not in spec:
-      raise ValueError(f"spec={spec!r} is not valid: expected a spec string or "
-                       "a specs dict with an 'eval' entry (info.json's "
-                       "eval_specs).")
-    spec = spec["eval"]
-  if not isinstance(spec, str):
-    raise ValueError(f"spec={spec!r} is not valid: expected a preprocessing "
-                     "spec string such as info.json's eval_specs['eval'].")
-  spec_registry.get(spec, training=False)  # one clear error for a bad spec
-  ops = []
-  for text in spec_registry._split_ops(spec) if spec.strip() else []:  # pylint: disable=protected-access
-    name = spec_registry._parse_op(text)[0]  # pylint: disable=protected-access
-    if name in _PRETEXT_OPS:
-      raise ValueError(f"spec={spec!r} is not valid for a Representation: op "
-                       f"{name!r} makes pretext examples; give the evaluation "
-                       "spec (info.json's eval_specs['eval']).")
-    if name != "decode":
-      ops.append((name, spec_registry.get(text, training=False)))
-  return spec, ops
-
-
-def _apply(name, fn, images):
-  if name in _PER_IMAGE_OPS:
-    return tf.map_fn(lambda image: fn({"image": image})["image"], images,
-                     fn_output_signature=images.dtype)
-  return fn({"image": images})["image"]
-
-
 @keras.saving.register_keras_serializable(package="selfsup")
 class Representation(keras.layers.Layer):
   """A pretrained backbone and its evaluation preprocessing, as one layer.
@@ -107,12 +68,15 @@ class Representation(keras.layers.Layer):
     grid_rule: the evaluation's pooling rule, "nearest", "floor" or "max"
       (see `selfsup.core.pooling`).
     trainable: False freezes the backbone (weights and batch norm).
+    portable: preprocess with built-in ops only, for TFLite and XLA
+      (`jit_compile=True`), at a fixed input size (see
+      `selfsup.preprocessor.ImagePreprocessor`).
   """
 
   def __init__(self, backbone, spec, endpoint="pre_logits",
                pooling="evaluation", batch_norm="frozen", weight_decay=True,
                max_features=MAX_FEATURES, grid_rule="nearest",
-               trainable=False, **kwargs):
+               trainable=False, portable=False, **kwargs):
     # The layer casts images itself: a mixed-precision policy must not round
     # [0, 255] pixels to bfloat16 before the preprocessing.
     kwargs.setdefault("autocast", False)
@@ -145,8 +109,11 @@ class Representation(keras.layers.Layer):
     if grid_rule not in GRID_RULES:
       raise ValueError(f"grid_rule={grid_rule!r} is not valid: expected one "
                        f"of {GRID_RULES}.")
-    self.spec, self._ops = _parse_spec(spec)
-    self.patch_based = any(name == "crop_patches" for name, _ in self._ops)
+    self.preprocessor = preprocessor_lib.ImagePreprocessor(
+        spec, portable=portable, name="preprocessor")
+    self.spec = self.preprocessor.spec
+    self.portable = portable
+    self.patch_based = self.preprocessor.patch_based
     self.endpoint = endpoint
     self.pooling = pooling
     self.batch_norm = batch_norm
@@ -162,8 +129,9 @@ class Representation(keras.layers.Layer):
     # an attribute already has.)
     keras.layers.Layer.trainable.fset(self, trainable)
     self.input_spec = keras.InputSpec(ndim=4)
-    # tf.map_fn and the data-dependent resize are not for XLA.
-    self.supports_jit = False
+    # tf.map_fn and the antialiased resize have no XLA kernels; the portable
+    # path has none of them.
+    self.supports_jit = portable
 
   # -- constructors ---------------------------------------------------------
 
@@ -199,12 +167,13 @@ class Representation(keras.layers.Layer):
                pooling=pooling, **kwargs)
 
   @classmethod
-  def from_tf1(cls, path, name, *, width, task="rotation", image_size=None,
-               endpoint="pre_logits", trainable=False, pooling="evaluation",
-               backbone_kwargs=None, **kwargs):
+  def from_tf1(cls, path, name="auto", *, width=None, task="rotation",
+               image_size=None, endpoint="pre_logits", trainable=False,
+               pooling="evaluation", backbone_kwargs=None, **kwargs):
     """One of the authors' TF1 checkpoints or TF-Hub modules (see
-    `selfsup.models.load_tf1`), with the evaluation preprocessing of `task`
-    at `image_size` (default 224; 64, the patch side, for patch tasks)."""
+    `selfsup.models.load_tf1`; name "auto" and width None read them off the
+    variables), with the evaluation preprocessing of `task` at `image_size`
+    (default 224; 64, the patch side, for patch tasks)."""
     import selfsup.tasks
     if task not in selfsup.tasks.TASKS:
       raise ValueError(f"task={task!r} is not valid: expected one of "
@@ -212,7 +181,8 @@ class Representation(keras.layers.Layer):
     task_class = selfsup.tasks.TASKS.lookup(task)[0]
     size = image_size or (64 if task_class.patch_based else 224)
     backbone_kwargs = dict(backbone_kwargs or {})
-    builder, _ = selfsup.models.BACKBONES.lookup(name)
+    builder = (selfsup.models.BACKBONES.lookup(name)[0] if name != "auto"
+               else None)  # "auto" reads VGG's input size off its fc6
     if getattr(builder, "fixed_input_size", False):
       backbone_kwargs.setdefault("input_shape", (size, size, 3))
     backbone = selfsup.models.load_tf1(
@@ -221,6 +191,21 @@ class Representation(keras.layers.Layer):
     spec = task_class.evaluation_specs(size)["eval"]
     return cls(backbone, spec, endpoint=endpoint, trainable=trainable,
                pooling=pooling, **kwargs)
+
+  @classmethod
+  def from_preset(cls, name, *, source=None, download=None, image_size=None,
+                  endpoint="pre_logits", trainable=False, pooling="evaluation",
+                  **kwargs):
+    """A pretrained preset (`selfsup presets` lists them) with the
+    evaluation preprocessing of its task: downloaded on first use into
+    `SELFSUP_HOME` and checked (`selfsup.presets`), or read from `source`,
+    a local module folder or tarball."""
+    from selfsup import presets
+    folder, entry = presets.resolve(name, source=source, download=download)
+    return cls.from_tf1(folder, "auto", width=entry["width"],
+                        task=entry["task"], image_size=image_size,
+                        endpoint=endpoint, trainable=trainable,
+                        pooling=pooling, **kwargs)
 
   # -- computation ----------------------------------------------------------
 
@@ -231,19 +216,7 @@ class Representation(keras.layers.Layer):
     if x.shape.rank != 4:
       raise ValueError(f"Representation expects a batch of images [batch, "
                        f"height, width, channels], got shape {x.shape}.")
-    if x.dtype != tf.uint8:
-      x = tf.cast(x, tf.float32)
-    channels = x.shape[-1]
-    if channels == 1:
-      x = tf.tile(x, [1, 1, 1, 3])
-    elif channels == 4:
-      x = x[..., :3]
-    elif channels != 3:
-      raise ValueError(f"Representation expects 1, 3 or 4 channels (gray, "
-                       f"RGB, RGBA), got shape {x.shape}.")
-    for name, fn in self._ops:
-      x = _apply(name, fn, x)
-    return tf.cast(x, tf.float32)
+    return self.preprocessor(x)
 
   def _pool(self, value):
     if value.shape.rank != 4 or self.pooling is None:
@@ -275,8 +248,28 @@ class Representation(keras.layers.Layer):
         backbone=keras.saving.serialize_keras_object(self.backbone),
         spec=self.spec, endpoint=self.endpoint, pooling=self.pooling,
         batch_norm=self.batch_norm, weight_decay=self.weight_decay,
-        max_features=self.max_features, grid_rule=self.grid_rule)
+        max_features=self.max_features, grid_rule=self.grid_rule,
+        portable=self.portable)
     return config
+
+  def compute_output_spec(self, images, training=None):
+    # Keras' default would trust compute_output_shape and the layer's compute
+    # dtype; the output is float32 whatever the policy: trace the call.
+    del training
+    from keras.src import backend as keras_backend
+    return keras_backend.compute_output_spec(self.call, images)
+
+  def compute_output_shape(self, input_shape):
+    """The spec fixes the backbone's input size, so the output shape
+    follows from the input's rank and channels alone."""
+    spec = keras.KerasTensor(tuple(input_shape), dtype="uint8")
+    return tuple(self.compute_output_spec(spec).shape)
+
+  @property
+  def layers(self):
+    """The preprocessing and the backbone, so that `summary(expand_nested=
+    True)` and `plot_model(expand_nested=True)` show what is inside."""
+    return [self.preprocessor, self.backbone]
 
   @classmethod
   def from_config(cls, config):
