@@ -165,3 +165,18 @@ def test_moved_and_removed_names_say_where_they_went():
     specs.task_specs("rotation")  # pylint: disable=no-member
   with pytest.raises(AttributeError, match=r"no attribute 'nothing'"):
     specs.nothing  # pylint: disable=no-member,pointless-statement
+
+
+def test_suggestions_prefer_names_that_start_the_same_way():
+  """`models.get("resnet50")` once suggested "revnet50" (as close letter by
+  letter); a name's start says which family the user means."""
+  registry = Registry("backbone")
+  for name in ("resnet50_v1", "resnet50_v2", "revnet50", "vgg19_bn"):
+    registry.register(name, dict)
+  assert registry.suggestions("resnet50") == ["resnet50_v1", "resnet50_v2"]
+  with pytest.raises(ValueError, match=r"Did you mean 'resnet50_v1' or "
+                     r"'resnet50_v2'\?$"):
+    registry.get("resnet50")
+  assert registry.suggestions("resnet50x")[0].startswith("resnet50")
+  assert registry.suggestions("revnet")[0] == "revnet50"
+  assert registry.suggestions("zzz") == []

@@ -20,6 +20,7 @@ import sys
 from absl import flags
 
 from selfsup.cli import common
+from selfsup.core import commands
 
 FLAGS = flags.FLAGS
 common.define_gin_flags()
@@ -33,11 +34,15 @@ flags.DEFINE_enum("strategy", "auto",
                   "tf.distribute strategy kind (auto: TPU if --tpu, else "
                   "mirrored over the GPUs, else one device).")
 
-DEMO_HINT = ("To try selfsup without ImageNet, run the offline demo instead:\n"
-             "  bin/demo\n"
-             "or one task on the digits demo data:\n"
-             "  selfsup-pretrain --gin_file=jigsaw --gin_file=demo "
-             "--workdir=/tmp/selfsup_demo")
+def demo_hint():
+  """The hint after a missing data set, with the commands as this
+  installation spells them (bin/... in a checkout, selfsup-... from a
+  wheel)."""
+  return ("To try selfsup without ImageNet, run the offline demo instead:\n"
+          f"  {commands.name('selfsup-demo')}\n"
+          "or one task on the digits demo data:\n"
+          f"  {commands.name('selfsup-pretrain')} --gin_file=jigsaw "
+          "--gin_file=demo --workdir=/tmp/selfsup_demo")
 
 
 def main(argv):
@@ -55,7 +60,7 @@ def main(argv):
   from selfsup.train import experiment  # pylint: disable=g-import-not-at-top
 
   def hint(err):
-    return DEMO_HINT if isinstance(err, DataNotFoundError) else None
+    return demo_hint() if isinstance(err, DataNotFoundError) else None
 
   with common.reporting(show_traceback, hint):
     common.parse_gin(FLAGS.gin_file, FLAGS.gin_param)

@@ -18,6 +18,7 @@ it, for registries whose callers build in their own way (preprocessing ops).
 """
 import difflib
 import inspect
+import os
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 import warnings
 
@@ -83,11 +84,31 @@ class Registry:
   def __len__(self) -> int:
     return len(self._entries)
 
+  def suggestions(self, name) -> List[str]:
+    """Registered names close to `name`, best first.
+
+    Names that start with `name` come first ("resnet50" -> "resnet50_v1",
+    "resnet50_v2"): a user who types the start of a name means one of its
+    variants. Otherwise spelling-close names, the longer the start they
+    share the better ("resnet50x" prefers "resnet50_v1" over "revnet50",
+    which is as close letter by letter).
+    """
+    if not isinstance(name, str) or not name:
+      return []
+    starting = [n for n in self.names() if n.startswith(name)]
+    if starting:
+      return starting
+    close = difflib.get_close_matches(name, self.names(), n=5)
+    order = {n: i for i, n in enumerate(close)}
+    return sorted(close, key=lambda n: (-len(os.path.commonprefix([name, n])),
+                                        order[n]))
+
   def unknown(self, name) -> ValueError:
-    """The error for an unknown `name`: the choices, and a close match."""
-    close = (difflib.get_close_matches(name, self.names(), n=1)
-             if isinstance(name, str) else [])
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    """The error for an unknown `name`: the choices, and close matches."""
+    close = self.suggestions(name)[:3]
+    hint = ""
+    if close:
+      hint = " Did you mean " + " or ".join(repr(n) for n in close) + "?"
     return ValueError(f"Unknown {self.kind} {name!r}: expected one of "
                       f"{self.names()}.{hint}")
 

@@ -7,6 +7,7 @@ inside scikit-learn).
 import numpy as np
 import tensorflow as tf
 
+from selfsup.core.errors import MissingDependencyError
 from selfsup.data import base
 
 # Fraction of each class held out as the evaluation split.
@@ -21,8 +22,10 @@ def _load_digits():
     # Imported here: scikit-learn is an optional extra, needed for digits only.
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("The `digits` source needs scikit-learn: "
-                      "pip install 'selfsup[demo]'.") from e
+    # A library error: the commands print it as one line, not a traceback.
+    raise MissingDependencyError(
+        "The `digits` source (the offline demo data) needs scikit-learn, "
+        "which is not installed: pip install \"selfsup[demo]\".") from e
   digits = datasets.load_digits()
   return digits.images.astype(np.float32), digits.target.astype(np.int64)
 
