@@ -399,3 +399,120 @@ def test_fused_batch_norm_is_used_by_default_and_falls_back_in_inference(
 def test_batch_norm_kind_is_checked():
   with pytest.raises(ValueError, match=r"batch_norm='cudnn'.*'fused', 'keras'"):
     selfsup.models.get("resnet18_v1", width=TINY, batch_norm="cudnn")
+
+
+# --------------------------------------------------------------------------
+# Batch-norm groups ("ghost" batch norm, `bn_group_size`).
+
+
+def _by_hand(x, groups, eps):
+  """Each of `groups` consecutive slices normalised with its own biased
+  moments over every axis but the last."""
+  out = []
+  for part in np.split(x, groups):
+    axes = tuple(range(part.ndim - 1))
+    out.append((part - part.mean(axes)) / np.sqrt(part.var(axes) + eps))
+  return np.concatenate(out)
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 3, 5), (6, 7)])
+def test_grouped_batch_norm_equals_per_group_batch_norm_by_hand(shape):
+  from selfsup.models import norm  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).normal(2.0, 3.0, size=shape).astype("float32")
+  groups, momentum = 2, 0.9
+  layer = norm.make("bn", group_size=shape[0] // groups, momentum=momentum)
+  y = layer(x, training=True)
+  assert y.shape == shape
+  np.testing.assert_allclose(y, _by_hand(x, groups, layer.epsilon),
+                             rtol=1e-4, atol=1e-4)
+  # Moving statistics: the mean over the groups of their means / variances.
+  axes = tuple(range(x.ndim - 1))
+  parts = np.split(x, groups)
+  mean = np.mean([p.mean(axes) for p in parts], 0)
+  var = np.mean([p.var(axes) for p in parts], 0)
+  np.testing.assert_allclose(layer.moving_mean, (1 - momentum) * mean,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(layer.moving_variance,
+                             momentum + (1 - momentum) * var, rtol=1e-5)
+  # Not the whole batch's statistics: the groups differ from one another.
+  whole = _by_hand(x, 1, layer.epsilon)
+  assert np.max(np.abs(np.asarray(y) - whole)) > 1e-2
+  # A batch smaller than one group is one group; inference is plain BN.
+  small = norm.make("bn", group_size=100)
+  np.testing.assert_allclose(small(x, training=True), whole, rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_allclose(
+      layer(x, training=False),
+      (x - layer.moving_mean) / np.sqrt(layer.moving_variance
+                                        + layer.epsilon), rtol=1e-4,
+      atol=1e-4)
+
+
+def test_grouped_batch_norm_under_tf_function_with_unknown_batch():
+  from selfsup.models import norm  # pylint: disable=g-import-not-at-top
+  layer = norm.make("bn", group_size=2)
+  x = np.random.default_rng(1).normal(size=(4, 3)).astype("float32")
+  fn = tf.function(lambda t: layer(t, training=True),
+                   input_signature=[tf.TensorSpec([None, 3])])
+  np.testing.assert_allclose(fn(x), _by_hand(x, 2, layer.epsilon),
+                             rtol=1e-4, atol=1e-4)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="bn_group_size"):
+    fn(x[:3])
+
+
+@pytest.mark.parametrize("name", ["resnet18_v1", "resnet50_v2", "revnet50",
+                                  "vgg19_bn"])
+def test_bn_group_size_reaches_every_batch_norm_and_round_trips(name):
+  """Every batch norm (RevNet's units included) normalises per group; the
+  size is in the config; parameters are those of the ungrouped model."""
+  from selfsup.models import norm  # pylint: disable=g-import-not-at-top
+  kwargs = dict(input_shape=(32, 32, 3)) if name.startswith("vgg") else {}
+  model = selfsup.models.get(name, width=TINY, bn_group_size=2, **kwargs)
+  norms = _norms(model)
+  assert norms and all(isinstance(l, norm.GroupedBatchNormalization)
+                       and l.group_size == 2 for l in norms)
+  assert model.get_config()["bn_group_size"] == 2
+  copy = type(model).from_config(model.get_config())
+  assert all(l.group_size == 2 for l in _norms(copy))
+  plain = selfsup.models.get(name, width=TINY, **kwargs)
+  assert plain.get_config()["bn_group_size"] is None
+  assert plain.count_params() == model.count_params()
+  assert not any(isinstance(l, norm.GroupedBatchNormalization)
+                 for l in _norms(plain))
+
+
+def test_grouped_backbone_trains_per_group_and_infers_as_usual():
+  """Two groups of a grouped ResNet give what the ungrouped one gives on
+  each group alone; inference does not depend on the group size."""
+  model = selfsup.models.get("resnet18_v2", width=TINY, bn_group_size=2)
+  plain = selfsup.models.get("resnet18_v2", width=TINY, batch_norm="keras")
+  plain.set_weights(model.get_weights())
+  images = _images(4, 32)
+  grouped = model(images, training=True)["pre_logits"]
+  halves = np.concatenate([plain(images[:2], training=True)["pre_logits"],
+                           plain(images[2:], training=True)["pre_logits"]])
+  whole = plain(images, training=True)["pre_logits"]
+  np.testing.assert_allclose(grouped, halves, rtol=1e-3, atol=1e-3)
+  assert np.max(np.abs(np.asarray(grouped) - whole)) > 1e-2
+  plain.set_weights(model.get_weights())  # the same moving statistics
+  np.testing.assert_allclose(model(images, training=False)["pre_logits"],
+                             plain(images, training=False)["pre_logits"],
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, quoted", [
+    (dict(bn_group_size=0), "bn_group_size=0"),
+    (dict(bn_group_size=2.5), "bn_group_size=2.5"),
+    (dict(bn_group_size=4, sync_batch_norm=True), "sync_batch_norm"),
+])
+def test_bad_bn_group_size_is_refused(kwargs, quoted):
+  from selfsup.core.checks import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match=quoted):
+    selfsup.models.get("resnet18_v2", width=TINY, **kwargs)
+
+
+def test_batch_not_a_multiple_of_the_group_is_refused():
+  from selfsup.core.checks import ConfigError  # pylint: disable=g-import-not-at-top
+  model = selfsup.models.get("resnet18_v1", width=TINY, bn_group_size=2)
+  with pytest.raises(ConfigError, match="bn_group_size=2 .* batch of 3"):
+    model(_images(3, 32), training=True)

@@ -108,7 +108,8 @@ def check_common(*, width, patch, representation_size, num_classes,
                  weight_decay, sync_batch_norm, input_shape, min_size,
                  kernel_initializer=DEFAULT_KERNEL_INITIALIZER,
                  batch_norm=norm.DEFAULT_KIND,
-                 bn_momentum=norm.DEFAULT_MOMENTUM, need_static=False):
+                 bn_momentum=norm.DEFAULT_MOMENTUM, need_static=False,
+                 bn_group_size=None):
   """Checks the arguments every backbone takes; returns them as config."""
   return dict(
       width=width, patch=bool(patch),
@@ -120,7 +121,9 @@ def check_common(*, width, patch, representation_size, num_classes,
       input_shape=tuple(check_input_shape(input_shape, min_size=min_size,
                                           need_static=need_static)),
       batch_norm=norm.check_kind(batch_norm),
-      bn_momentum=norm.check_momentum(bn_momentum))
+      bn_momentum=norm.check_momentum(bn_momentum),
+      bn_group_size=norm.check_group_size(bn_group_size,
+                                          synchronized=sync_batch_norm))
 
 
 class Layers:
@@ -133,17 +136,20 @@ class Layers:
     kernel_initializer: initializer of every convolution kernel.
     batch_norm: "fused" or "keras" (see `selfsup.models.norm`).
     bn_momentum: momentum of every batch norm's moving statistics.
+    bn_group_size: None, or the examples per batch-norm group in training
+      (`selfsup.models.norm.GroupedBatchNormalization`).
   """
 
   def __init__(self, weight_decay, sync_batch_norm=False,
                kernel_initializer=DEFAULT_KERNEL_INITIALIZER,
                batch_norm=norm.DEFAULT_KIND,
-               bn_momentum=norm.DEFAULT_MOMENTUM):
+               bn_momentum=norm.DEFAULT_MOMENTUM, bn_group_size=None):
     self.weight_decay = weight_decay
     self.sync_batch_norm = sync_batch_norm
     self.kernel_initializer = kernel_initializer
     self.batch_norm = batch_norm
     self.bn_momentum = bn_momentum
+    self.bn_group_size = bn_group_size
 
   def conv(self, x, filters, kernel_size, *, name, strides=1, use_bias=False):
     """Convolution with the authors' fixed padding for strided layers.
@@ -167,7 +173,8 @@ class Layers:
 
   def bn(self, x, name):
     return norm.make(name, kind=self.batch_norm, momentum=self.bn_momentum,
-                     synchronized=self.sync_batch_norm)(x)
+                     synchronized=self.sync_batch_norm,
+                     group_size=self.bn_group_size)(x)
 
   def bn_relu(self, x, name):
     return keras.layers.ReLU(name=f"{name}_relu")(self.bn(x, name))

@@ -15,10 +15,18 @@ units included) through `make`:
   steps leaves the moving statistics far behind the weights (the digits demo:
   0.70 training-mode accuracy, 0.10 in inference mode), so short runs want
   e.g. 0.9.
+* `bn_group_size` ("ghost" batch norm): in training, normalise each group of
+  this many consecutive examples of a replica's batch with the group's own
+  statistics, so the statistics do not depend on how many devices share the
+  batch (the authors normalised per TPU core: 32 rotated copies for Rotation,
+  288 patches for Jigsaw; docs/paper_vs_code.md). None (default) normalises
+  the whole replica batch, as before. `GroupedBatchNormalization` below.
 """
 import numbers
 
 import keras
+
+from selfsup.core.checks import ConfigError
 
 DEFAULT_MOMENTUM = 0.99
 KINDS = ("fused", "keras")
@@ -42,13 +50,40 @@ def check_kind(batch_norm):
   return batch_norm
 
 
+def check_group_size(group_size, *, synchronized=False):
+  """None or a positive integer; groups and synchronisation exclude each
+  other (one normalises less than a replica's batch, the other more)."""
+  if group_size is None:
+    return None
+  if (not isinstance(group_size, numbers.Integral)
+      or isinstance(group_size, bool) or group_size < 1):
+    raise ConfigError(
+        f"bn_group_size={group_size!r} is invalid: expected None (statistics "
+        "over each replica's batch) or a positive integer, the examples per "
+        "batch-norm group (e.g. 32 for Rotation: 8 images x 4 rotations).")
+  if synchronized:
+    raise ConfigError(
+        f"bn_group_size={group_size!r} with sync_batch_norm=True is invalid: "
+        "expected one of them (groups within a replica, or the global batch).")
+  return int(group_size)
+
+
 def make(name, *, kind=DEFAULT_KIND, momentum=DEFAULT_MOMENTUM,
-         synchronized=False):
-  """A batch-norm layer of `kind` (see the module docstring), not yet called."""
+         synchronized=False, group_size=None, epsilon=1e-3):
+  """A batch-norm layer of `kind` (see the module docstring), not yet called.
+
+  `group_size` (not None) gives a `GroupedBatchNormalization` whatever the
+  kind; `epsilon` is Keras' default unless given (the authors' patch head
+  uses 1e-5).
+  """
+  if group_size is not None:
+    return GroupedBatchNormalization(group_size=group_size, momentum=momentum,
+                                     epsilon=epsilon, name=name)
   if kind == "fused" and not synchronized:
-    return BatchNormalization(momentum=momentum, name=name)
+    return BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)
   return keras.layers.BatchNormalization(
-      momentum=momentum, synchronized=synchronized, name=name)
+      momentum=momentum, epsilon=epsilon, synchronized=synchronized,
+      name=name)
 
 
 @keras.saving.register_keras_serializable(package="selfsup")
@@ -99,3 +134,92 @@ class BatchNormalization(keras.layers.BatchNormalization):
         tf.cast(self.moving_variance, tf.float32) * momentum
         + variance * (1.0 - momentum))
     return tf.cast(y, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="selfsup")
+class GroupedBatchNormalization(keras.layers.BatchNormalization):
+  """Batch norm whose training statistics come from groups of examples.
+
+  In training the replica's batch [N, ...] is cut into N / group_size
+  consecutive groups and each is normalised with its own mean and biased
+  variance over every axis but the last (channels). Tasks lay out their
+  batches image-major (an image's rotations, copies or patches are
+  consecutive), so a group holds whole images when group_size is a multiple
+  of the copies per image. A replica holding fewer than `group_size`
+  examples forms one group; a batch that is not a multiple of the group is
+  refused (ConfigError).
+
+  Moving statistics: mean <- momentum * mean + (1 - momentum) * m and the
+  same for the variance, where m (v) is the mean over all groups of the
+  global batch of the groups' means (biased variances). Each replica
+  averages its groups and the replicas average theirs (one small all-reduce
+  of 2 x channels values), so every replica holds the same moving statistics
+  and 1, 2 or 8 replicas with the same groups update them identically.
+  Inference uses the moving statistics, as any batch norm. Computed with
+  Keras' arithmetic (moments in float32), not the fused kernel.
+  """
+
+  def __init__(self, group_size, **kwargs):
+    super().__init__(**kwargs)
+    self.group_size = check_group_size(group_size)
+    if self.group_size is None:
+      raise ConfigError("GroupedBatchNormalization needs a group_size: "
+                        "expected a positive integer.")
+    if self.axis not in (-1,) or self.renorm or self.synchronized:
+      raise ConfigError(
+          f"GroupedBatchNormalization {self.name!r} is invalid with "
+          f"axis={self.axis!r}, renorm={self.renorm!r}, synchronized="
+          f"{self.synchronized!r}: expected axis=-1, no renorm, not "
+          "synchronized.")
+
+  def call(self, inputs, training=None, mask=None):
+    if not (training and self.trainable) or mask is not None:
+      return super().call(inputs, training=training, mask=mask)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    x = tf.cast(inputs, tf.float32)
+    groups = self._grouped(x)
+    axes = list(range(1, len(groups.shape) - 1))
+    mean, variance = tf.nn.moments(groups, axes=axes, keepdims=True)
+    gamma = tf.cast(self.gamma, tf.float32) if self.scale else None
+    beta = tf.cast(self.beta, tf.float32) if self.center else None
+    y = tf.nn.batch_normalization(groups, mean, variance, beta, gamma,
+                                  self.epsilon)
+    y = tf.reshape(y, tf.shape(x))
+    y.set_shape(inputs.shape)
+    self._update_moving(tf.reduce_mean(mean, axis=[0] + axes),
+                        tf.reduce_mean(variance, axis=[0] + axes))
+    return tf.cast(y, self.compute_dtype)
+
+  def _grouped(self, x):
+    """[N, ...] -> [N / g, g, ...] with g = min(group_size, N)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    n = x.shape[0]
+    if n is not None:
+      size = min(self.group_size, n)
+      if n % size:
+        raise ConfigError(
+            f"bn_group_size={self.group_size} is invalid for a replica batch "
+            f"of {n} examples in layer {self.name!r}: expected a group size "
+            "that divides each replica's batch (or is larger than it).")
+    else:
+      n = tf.shape(x)[0]
+      size = tf.minimum(self.group_size, n)
+      tf.debugging.assert_equal(
+          n % size, 0, message=f"bn_group_size={self.group_size} does not "
+          f"divide the replica batch in layer {self.name!r}")
+    return tf.reshape(x, tf.concat([[-1, size], tf.shape(x)[1:]], 0))
+
+  def _update_moving(self, mean, variance):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+      mean, variance = context.all_reduce(tf.distribute.ReduceOp.MEAN,
+                                          [mean, variance])
+    m = self.momentum
+    self.moving_mean.assign(tf.cast(self.moving_mean, tf.float32) * m
+                            + mean * (1.0 - m))
+    self.moving_variance.assign(tf.cast(self.moving_variance, tf.float32) * m
+                                + variance * (1.0 - m))
+
+  def get_config(self):
+    return {**super().get_config(), "group_size": self.group_size}

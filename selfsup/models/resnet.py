@@ -87,6 +87,10 @@ class ResNet(base.Backbone):
       or "keras" (keras.layers.BatchNormalization); see
       `selfsup.models.norm`.
     bn_momentum: momentum of every batch norm's moving statistics.
+    bn_group_size: None (batch-norm statistics over each replica's batch) or
+      the number of consecutive examples normalised together in training, so
+      that results do not depend on the device count ("ghost" batch norm;
+      `selfsup.models.norm.GroupedBatchNormalization`).
   """
 
   def __init__(self, depth=50, version="v2", width=4, last_relu=True,
@@ -94,7 +98,7 @@ class ResNet(base.Backbone):
                num_classes=None, weight_decay=1e-4, sync_batch_norm=False,
                input_shape=(None, None, 3), bn_momentum=0.99,
                kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER,
-               batch_norm="fused", name=None, **kwargs):
+               batch_norm="fused", bn_group_size=None, name=None, **kwargs):
     base.check_choice("depth", depth, tuple(_UNITS))
     base.check_choice("version", version, ("v1", "v2"))
     root_channels = base.check_width(width)
@@ -110,10 +114,12 @@ class ResNet(base.Backbone):
                       sync_batch_norm=sync_batch_norm,
                       input_shape=input_shape, min_size=8,
                       kernel_initializer=kernel_initializer,
-                      batch_norm=batch_norm, bn_momentum=bn_momentum))
+                      batch_norm=batch_norm, bn_momentum=bn_momentum,
+                      bn_group_size=bn_group_size))
 
     layers = base.Layers(weight_decay, sync_batch_norm, kernel_initializer,
-                         config["batch_norm"], config["bn_momentum"])
+                         config["batch_norm"], config["bn_momentum"],
+                         config["bn_group_size"])
     inputs = keras.Input(shape=config["input_shape"], name="image")
     x = layers.conv(inputs, root_channels, 7, strides=1 if patch else 2,
                     name="root_conv")

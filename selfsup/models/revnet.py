@@ -26,19 +26,23 @@ class RevUnit(keras.layers.Layer):
   """Reversible unit y = concat(x2, x1 + F(x2)) with an exact `inverse`.
 
   Its three batch norms are of kind `batch_norm` ("fused" or "keras") with
-  momentum `bn_momentum`, as the backbone's others (`selfsup.models.norm`).
+  momentum `bn_momentum` and groups of `bn_group_size` examples, as the
+  backbone's others (`selfsup.models.norm`).
   """
 
   def __init__(self, weight_decay=1e-4, sync_batch_norm=False,
                kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER,
                batch_norm=norm.DEFAULT_KIND,
-               bn_momentum=norm.DEFAULT_MOMENTUM, **kwargs):
+               bn_momentum=norm.DEFAULT_MOMENTUM, bn_group_size=None,
+               **kwargs):
     super().__init__(**kwargs)
     self.weight_decay = weight_decay
     self.sync_batch_norm = sync_batch_norm
     self.kernel_initializer = kernel_initializer
     self.batch_norm = norm.check_kind(batch_norm)
     self.bn_momentum = norm.check_momentum(bn_momentum)
+    self.bn_group_size = norm.check_group_size(bn_group_size,
+                                               synchronized=sync_batch_norm)
 
   def build(self, input_shape):
     channels = input_shape[-1]
@@ -50,7 +54,8 @@ class RevUnit(keras.layers.Layer):
 
     def bn(name):
       return norm.make(name, kind=self.batch_norm, momentum=self.bn_momentum,
-                       synchronized=self.sync_batch_norm)
+                       synchronized=self.sync_batch_norm,
+                       group_size=self.bn_group_size)
 
     def conv(filters, size, name):
       return keras.layers.Conv2D(filters, size, padding="same", use_bias=False,
@@ -93,7 +98,8 @@ class RevUnit(keras.layers.Layer):
     return {**super().get_config(), "weight_decay": self.weight_decay,
             "sync_batch_norm": self.sync_batch_norm,
             "kernel_initializer": self.kernel_initializer,
-            "batch_norm": self.batch_norm, "bn_momentum": self.bn_momentum}
+            "batch_norm": self.batch_norm, "bn_momentum": self.bn_momentum,
+            "bn_group_size": self.bn_group_size}
 
 
 @keras.saving.register_keras_serializable(package="selfsup")
@@ -113,8 +119,8 @@ class RevNet(base.Backbone):
   """RevNet50 backbone; outputs a dict of named endpoints.
 
   Args: as `selfsup.models.resnet.ResNet` (no depth, version or
-  skip_connections: the unit is fixed); `batch_norm` and `bn_momentum` reach
-  the reversible units' batch norms too. `last_relu=False` is the paper's
+  skip_connections: the unit is fixed); `batch_norm`, `bn_momentum` and
+  `bn_group_size` reach the reversible units' batch norms too. `last_relu=False` is the paper's
   "RevNet50 (-)". `width` must make 16k even (channels split in halves).
   """
 
@@ -123,18 +129,20 @@ class RevNet(base.Backbone):
                sync_batch_norm=False, input_shape=(None, None, 3),
                bn_momentum=0.99,
                kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER,
-               batch_norm="fused", name=None, **kwargs):
+               batch_norm="fused", bn_group_size=None, name=None, **kwargs):
     root_channels = base.check_width(width, multiple_of=2)
     config = dict(last_relu=bool(last_relu), **base.check_common(
         width=width, patch=patch, representation_size=representation_size,
         num_classes=num_classes, weight_decay=weight_decay,
         sync_batch_norm=sync_batch_norm, input_shape=input_shape,
         min_size=8, kernel_initializer=kernel_initializer,
-        batch_norm=batch_norm, bn_momentum=bn_momentum))
+        batch_norm=batch_norm, bn_momentum=bn_momentum,
+        bn_group_size=bn_group_size))
     bn_args = dict(sync_batch_norm=sync_batch_norm,
                    kernel_initializer=kernel_initializer,
                    batch_norm=config["batch_norm"],
-                   bn_momentum=config["bn_momentum"])
+                   bn_momentum=config["bn_momentum"],
+                   bn_group_size=config["bn_group_size"])
 
     layers = base.Layers(weight_decay=None, **bn_args)
     inputs = keras.Input(shape=config["input_shape"], name="image")

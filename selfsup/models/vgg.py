@@ -37,7 +37,7 @@ class VGG(base.Backbone):
                num_classes=None, weight_decay=1e-4, sync_batch_norm=False,
                input_shape=(224, 224, 3), bn_momentum=0.99,
                kernel_initializer=base.DEFAULT_KERNEL_INITIALIZER,
-               batch_norm="fused", name=None, **kwargs):
+               batch_norm="fused", bn_group_size=None, name=None, **kwargs):
     base_channels = base.check_width(width, multiple_of=2) // 2
     config = base.check_common(
         width=width, patch=patch, representation_size=representation_size,
@@ -45,10 +45,12 @@ class VGG(base.Backbone):
         sync_batch_norm=sync_batch_norm, input_shape=input_shape,
         min_size=32, need_static=self.fixed_input_size,
         kernel_initializer=kernel_initializer,
-        batch_norm=batch_norm, bn_momentum=bn_momentum)
+        batch_norm=batch_norm, bn_momentum=bn_momentum,
+        bn_group_size=bn_group_size)
 
     layers = base.Layers(weight_decay, sync_batch_norm, kernel_initializer,
-                         config["batch_norm"], config["bn_momentum"])
+                         config["batch_norm"], config["bn_momentum"],
+                         config["bn_group_size"])
     inputs = keras.Input(shape=config["input_shape"], name="image")
     x = inputs
     endpoints = {}
