@@ -384,3 +384,25 @@ def test_auto_on_a_checkpoint_that_fits_nothing_says_what_it_found(
                      match=r"fits no backbone.*found \d+ conv2d and 0 "
                            "batch_normalization"):
     selfsup.models.load_tf1(prefix, "auto")
+
+
+@needs_reference
+def test_import_tf1_reads_backbone_width_and_size_by_default(references,
+                                                             tmp_path):
+  """bin/import_tf1 without --backbone and --width: VGG19 at width 2, its
+  64-pixel input read off fc6's kernel."""
+  folder = references[SETTINGS[1]]
+  workdir = str(tmp_path / "auto")
+  done = subprocess.run(
+      [sys.executable, "bin/import_tf1",
+       f"--checkpoint={os.path.join(folder, 'vgg19', 'model.ckpt')}",
+       "--source=digits", f"--workdir={workdir}"],
+      cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                         CUDA_VISIBLE_DEVICES=""),
+      capture_output=True, text=True, timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "imported vgg19_bn (width 2, rotation)" in done.stdout
+  with open(os.path.join(workdir, "export", "info.json")) as f:
+    info = json.load(f)
+  assert info["backbone"] == "vgg19_bn" and info["image_size"] == 64
+  assert info["backbone_config"]["width"] == 2

@@ -1,9 +1,14 @@
 """selfsup-import-tf1 (bin/import_tf1 in a checkout): the authors' TF1
 checkpoints as a selfsup workdir.
 
-    selfsup-import-tf1 --checkpoint=PATH --backbone=NAME --width=K \\
+    selfsup-import-tf1 --checkpoint=PATH [--backbone=auto|NAME] [--width=K] \\
         [--task=rotation|exemplar|jigsaw|relative_patch_location] \\
         --workdir=DIR [--source=imagenet2012] [--data_dir=DIR]
+
+--backbone=auto (the default) and no --width read the architecture and the
+width off the checkpoint's variables (`selfsup.models.load_tf1(path,
+"auto")`); a (-) model (resnet50_v2_minus, revnet50_minus) has its parent's
+variables and needs its name.
 
 PATH is a TF1 checkpoint prefix, a directory with a `checkpoint` file, or a
 TF-Hub module directory (the authors' released modules). The workdir gets an
@@ -30,12 +35,14 @@ FLAGS = flags.FLAGS
 TASKS = ("rotation", "exemplar", "jigsaw", "relative_patch_location")
 flags.DEFINE_string("checkpoint", None, "TF1 checkpoint prefix, a folder with "
                     "a 'checkpoint' file, or a TF-Hub module folder.")
-flags.DEFINE_enum("backbone", None,
-                  ["resnet18_v1", "resnet18_v2", "resnet50_v1", "resnet50_v2",
+flags.DEFINE_enum("backbone", "auto",
+                  ["auto", "resnet18_v1", "resnet18_v2", "resnet50_v1", "resnet50_v2",
                    "resnet50_v2_minus", "revnet50", "revnet50_minus",
                    "vgg19_bn"],
-                  "selfsup backbone name (selfsup.models.BACKBONES).")
-flags.DEFINE_float("width", None, "widening factor k of the checkpoint.")
+                  "selfsup backbone name (selfsup.models.BACKBONES), or "
+                  "auto: read off the checkpoint's variables.")
+flags.DEFINE_float("width", None, "widening factor k of the checkpoint "
+                   "(default: read off its root convolution).")
 flags.DEFINE_enum("task", "rotation", TASKS, "the pretext task it was "
                   "trained on (picks the evaluation preprocessing).")
 flags.DEFINE_string("workdir", None, "where the export and config.gin go.")
@@ -52,7 +59,7 @@ def _width(value):
 
 def main(argv):
   common.reject_arguments(argv)
-  missing = [f"--{n}" for n in ("checkpoint", "backbone", "width", "workdir")
+  missing = [f"--{n}" for n in ("checkpoint", "workdir")
              if getattr(FLAGS, n) is None]
   if missing:
     sys.exit(f"error: {', '.join(missing)} required (see --help).")
@@ -78,16 +85,26 @@ def main(argv):
     if size < 8:
       raise checks.ConfigError(
           f"--image_size={size} is not valid: expected >= 8.")
-    builder, _ = selfsup.models.BACKBONES.lookup(FLAGS.backbone)
-    kwargs = ({"input_shape": (size, size, 3)}
-              if getattr(builder, "fixed_input_size", False) else {})
-    backbone = selfsup.models.load_tf1(
-        FLAGS.checkpoint, FLAGS.backbone, width=_width(FLAGS.width),
-        patch=task.patch_based, **kwargs)
+    width = None if FLAGS.width is None else _width(FLAGS.width)
+    name = FLAGS.backbone
+    if name == "auto":  # VGG's input size comes from its fc6 kernel
+      backbone, name, width = selfsup.models.tf1.load_inferred(
+          FLAGS.checkpoint, width, patch=task.patch_based)
+      fixed = backbone.get_config()["input_shape"]
+      if fixed[0] is not None and not FLAGS.image_size:
+        size = fixed[0]
+    else:
+      builder, _ = selfsup.models.BACKBONES.lookup(name)
+      kwargs = ({"input_shape": (size, size, 3)}
+                if getattr(builder, "fixed_input_size", False) else {})
+      backbone = selfsup.models.load_tf1(
+          FLAGS.checkpoint, name, width=width, patch=task.patch_based,
+          **kwargs)
+      width = backbone.get_config()["width"]
     tf.io.gfile.makedirs(workdir)
     common.log_to_workdir(workdir, "import_tf1")
     out = export.write_export(
-        backbone, workdir, task=FLAGS.task, backbone_name=FLAGS.backbone,
+        backbone, workdir, task=FLAGS.task, backbone_name=name,
         image_size=size, patch_based=task.patch_based, step=0,
         eval_specs=task.evaluation_specs(size),
         extra={"imported_from": os.path.abspath(FLAGS.checkpoint),
@@ -99,7 +116,7 @@ def main(argv):
       lines.append(f"build_source.data_dir = {FLAGS.data_dir!r}")
     config = os.path.join(workdir, "config.gin")
     files.atomic_write(config, "\n".join(lines) + "\n")
-  print(f"imported {FLAGS.backbone} (width {FLAGS.width:g}, {FLAGS.task}) "
+  print(f"imported {name} (width {width:g}, {FLAGS.task}) "
         f"from {FLAGS.checkpoint}: {out}")
 
 

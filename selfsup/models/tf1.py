@@ -255,8 +255,10 @@ def infer(path):
       ranked, key=lambda r: r[0])]
 
 
-def _load_auto(path, width, patch, num_classes, backbone_kwargs):
-  """load_tf1(path, "auto"): the first inferred architecture that loads."""
+def load_inferred(path, width=None, patch=False, num_classes=None,
+                  **backbone_kwargs):
+  """load_tf1(path, "auto") that also says what it chose: (backbone, its
+  registered name, its width). Raises TF1CheckpointError as load_tf1."""
   errors_seen = []
   for name, found_width, kwargs in infer(path):
     if width is not None and abs(width - found_width) > 1e-9:
@@ -278,7 +280,7 @@ def _load_auto(path, width, patch, num_classes, backbone_kwargs):
         if "input_shape" in kwargs else "",
         f"{twin} has the same variables (pass it by name for a (-) model); "
         if twin else "", patch)
-    return model
+    return model, name, found_width
   raise TF1CheckpointError(
       f"{os.fspath(path)!r} fits none of the backbones its variables suggest: "
       + " | ".join(errors_seen))
@@ -316,7 +318,8 @@ def load_tf1(path, name="auto", *, width=None, patch=False, num_classes=None,
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if name == "auto":
-    return _load_auto(path, width, patch, num_classes, backbone_kwargs)
+    return load_inferred(path, width, patch, num_classes,
+                         **backbone_kwargs)[0]
   prefix = checkpoint_prefix(path)
   reader = tf.train.load_checkpoint(prefix)
   shapes = reader.get_variable_to_shape_map()
