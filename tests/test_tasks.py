@@ -42,10 +42,10 @@ class _Embeddings:
 # Registry and arguments.
 
 
-def test_registry_lists_the_five_tasks():
-  assert selfsup.tasks.names() == ["exemplar", "jigsaw",
-                                   "relative_patch_location", "rotation",
-                                   "supervised"]
+def test_registry_lists_the_five_tasks_and_the_three_methods():
+  assert selfsup.tasks.names() == ["barlow_twins", "byol", "exemplar",
+                                   "jigsaw", "relative_patch_location",
+                                   "rotation", "simclr", "supervised"]
   for name in selfsup.tasks.TASKS:
     assert selfsup.tasks.get(name).name == name
 

@@ -42,11 +42,23 @@ TASK_KWARGS = {
     "exemplar": dict(image_size=IMAGE_SIZE, copies=2, embedding_size=16),
     "jigsaw": PATCH_KWARGS,
     "relative_patch_location": PATCH_KWARGS,
+    # The two-view methods: projector (hidden, output) of 16 units.
+    "simclr": dict(image_size=IMAGE_SIZE, projector=(16, 8), temperature=0.5),
+    "byol": dict(image_size=IMAGE_SIZE, projector=(16, 8)),
+    # A scaled loss: its gradients at lr 0.1 (the XLA test) move the
+    # weights by several times their size, beyond what rounding allows.
+    "barlow_twins": dict(image_size=IMAGE_SIZE, projector=(16, 8),
+                         loss_scale=0.1),
 }
+# Their fixed views are the image and its mirror image (`flipped_pair`), as
+# Exemplar's: identical views would leave nothing to learn.
+TWO_VIEW = ("simclr", "byol", "barlow_twins")
 # Peak learning rate of the fixed-batch runs. Exemplar's semi-hard triplet
 # mining re-picks its negatives as the embeddings move: at 0.1 its 12-step
 # loss on 10 images wanders instead of falling, whatever the rounding.
-PEAK_LR = {"exemplar": 0.03}
+# SimCLR's loss gives large gradients: at 0.1 its trajectories part after 2
+# steps between default and mirrored rounding.
+PEAK_LR = {"exemplar": 0.03, "simclr": 0.03}
 # Steps of the fixed-batch runs; "falls" is judged on averages over thirds.
 # Exemplar's mined loss is not one smooth objective (each replica mines among
 # its own 5 images): step by step it follows the processor's rounding (seen:
@@ -105,7 +117,8 @@ def make_task(name, **overrides):
 
 
 def flipped_pair(features):
-  """Exemplar's views without randomness: the image and its mirror image."""
+  """Exemplar's (and the two-view methods') views without randomness: the
+  image and its mirror image."""
   image = tf.cast(features["image"], tf.float32) / 127.5 - 1.0
   return {"image": tf.stack([image, tf.image.flip_left_right(image)])}
 
@@ -113,7 +126,7 @@ def flipped_pair(features):
 def make_deterministic(task):
   """Trains on the evaluation views: no random augmentation, so a fixed set of
   images gives the same batch at every step and the loss must fall."""
-  if task.name == "exemplar":
+  if task.name == "exemplar" or task.name in TWO_VIEW:
     task.specs = dict(task.specs, train=flipped_pair)
   else:
     task.specs = dict(task.specs, train=task.specs["eval"])

@@ -170,3 +170,95 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         "reference_batch": self.reference_batch,
     }
 
+
+
+LR_SCALINGS = ("linear", "sqrt")
+
+
+def scaled_peak(base_lr, batch_size, scaling="linear", reference_batch=256):
+  """The peak rate for a global batch: base_lr * B / reference_batch
+  ("linear", Goyal et al. 2017; the paper, BYOL, Barlow Twins) or
+  base_lr * sqrt(B) ("sqrt", SimCLR's option for small batches)."""
+  if scaling == "linear":
+    return base_lr * batch_size / reference_batch
+  if scaling == "sqrt":
+    return base_lr * math.sqrt(batch_size)
+  raise ValueError(f"scaling must be one of {LR_SCALINGS}, got "
+                   f"scaling={scaling!r}.")
+
+
+@keras.saving.register_keras_serializable(package="selfsup")
+class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warm-up from 0, then a cosine decay to `final_factor` x peak.
+
+  With `peak = scaled_peak(base_lr, batch_size, scaling)`, `w` the warm-up
+  steps and `T` the total steps:
+
+      lr(step) = peak * step / w                               for step < w
+      lr(step) = peak * (f + (1 - f) * (1 + cos(pi * (step - w) / (T - w))) / 2)
+
+  and `peak * f` from step T on (SimCLR, BYOL and Barlow Twins: 10 warm-up
+  epochs then cosine; Barlow Twins ends at f = 0.001).
+
+  Args:
+    base_lr: rate for the reference batch (or per sqrt(B), see scaling).
+    batch_size: global batch size.
+    steps_per_epoch: optimizer steps in one epoch.
+    warmup_epochs: linear warm-up length in epochs; 0 disables it.
+    total_steps: the run's length in steps (where the cosine ends).
+    final_factor: the last rate as a fraction of the peak, in [0, 1].
+    scaling: "linear" or "sqrt" (see `scaled_peak`).
+    reference_batch: the batch of base_lr under linear scaling (256).
+  """
+
+  def __init__(self, base_lr, batch_size, steps_per_epoch, warmup_epochs,
+               total_steps, final_factor=0.0, scaling="linear",
+               reference_batch=256):
+    super().__init__()
+    _check_number(positive=True, base_lr=base_lr)
+    _check_positive_int(batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                        reference_batch=reference_batch)
+    _check_number(warmup_epochs=warmup_epochs, total_steps=total_steps,
+                  final_factor=final_factor)
+    if final_factor > 1:
+      raise ValueError(f"final_factor must be in [0, 1], got "
+                       f"final_factor={final_factor!r}.")
+    scaled_peak(1.0, 1, scaling)  # checks the name
+    self.base_lr = float(base_lr)
+    self.batch_size = int(batch_size)
+    self.steps_per_epoch = int(steps_per_epoch)
+    self.warmup_epochs = float(warmup_epochs)
+    self.total_steps = int(total_steps)
+    self.final_factor = float(final_factor)
+    self.scaling = scaling
+    self.reference_batch = int(reference_batch)
+
+  @property
+  def peak_lr(self):
+    return scaled_peak(self.base_lr, self.batch_size, self.scaling,
+                       self.reference_batch)
+
+  @property
+  def warmup_steps(self):
+    """Length of the warm-up in steps (may be fractional)."""
+    return _snap(self.warmup_epochs * self.steps_per_epoch)
+
+  def __call__(self, step):
+    step = tf.cast(tf.convert_to_tensor(step), tf.float32)
+    peak = tf.constant(self.peak_lr, tf.float32)
+    warmup = self.warmup_steps
+    decay_length = max(self.total_steps - warmup, 1e-9)
+    progress = tf.clip_by_value((step - warmup) / decay_length, 0.0, 1.0)
+    cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
+    lr = peak * (self.final_factor + (1.0 - self.final_factor) * cosine)
+    if warmup > 0:
+      lr = tf.where(step < warmup, peak * step / warmup, lr)
+    return lr
+
+  def get_config(self):
+    return {"base_lr": self.base_lr, "batch_size": self.batch_size,
+            "steps_per_epoch": self.steps_per_epoch,
+            "warmup_epochs": self.warmup_epochs,
+            "total_steps": self.total_steps,
+            "final_factor": self.final_factor, "scaling": self.scaling,
+            "reference_batch": self.reference_batch}

@@ -159,9 +159,11 @@ def two_view_specs(first, second=None):
   """Specs of a two-view method from its view specs (`view`): image
   [2, H, W, 3]. In evaluation both views are the same central crop."""
   second = second or first
-  pair = f'two_views("{first}", "{second}")'
-  return {"train": join("decode", pair), "eval": join("decode", pair),
-          "batch": ""}
+  pair = f'two_views("{first}", "{second}"'
+  # Evaluation says training=False itself, so that the deterministic views
+  # stay deterministic whatever mode a pipeline parses the spec in.
+  return {"train": join("decode", pair + ")"),
+          "eval": join("decode", pair + ", training=False)"), "batch": ""}
 
 
 def check(specs):

@@ -123,6 +123,16 @@ class Task:
     """A batch of zeros shaped like the training pipeline's output."""
     raise NotImplementedError  # shapes depend on the task
 
+  def after_update(self, step, total_steps):
+    """State a task updates after each optimizer step, in the train step.
+
+    The trainer calls it per replica right after applying the gradients,
+    with `step` the 0-based index of the update just made (a tensor) and
+    `total_steps` the run's length. BYOL moves its target network here; the
+    paper's tasks have nothing to do.
+    """
+    del step, total_steps
+
 
 def flatten_copies(images, labels=None, keep=3):
   """[B, copies, ...] -> [B * copies, ...] keeping the last `keep` dims."""

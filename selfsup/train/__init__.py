@@ -3,7 +3,9 @@
 The export format lives in `selfsup.workdir.export` and the schedules in
 `selfsup.core.schedules`; their names are re-exported here for existing code.
 """
-from selfsup.core.schedules import WarmupStepDecay, epochs_to_steps
+from selfsup.core.schedules import WarmupCosineDecay, WarmupStepDecay
+from selfsup.core.schedules import epochs_to_steps
+from selfsup.train.optimizers import LARS
 from selfsup.train.strategy import make_strategy
 from selfsup.train.trainer import TrainConfig, Trainer, TrainingDivergedError
 from selfsup.train.trainer import export_backbone
@@ -26,6 +28,7 @@ def __getattr__(name):
   raise AttributeError(f"module 'selfsup.train' has no attribute {name!r}")
 
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDivergedError",
-           "WarmupStepDecay", "epochs_to_steps", "export_backbone",
+__all__ = ["LARS", "TrainConfig", "Trainer", "TrainingDivergedError",
+           "WarmupCosineDecay", "WarmupStepDecay", "epochs_to_steps",
+           "export_backbone",
            "load_backbone", "load_info", "make_strategy"]

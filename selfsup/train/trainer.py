@@ -19,7 +19,9 @@ from absl import logging
 
 from selfsup import data as data_lib
 from selfsup.core import checks, files, lock, precision
-from selfsup.core.schedules import WarmupStepDecay
+from selfsup.core import schedules
+from selfsup.core.schedules import WarmupCosineDecay, WarmupStepDecay
+from selfsup.train import optimizers
 from selfsup.train import checkpoints
 from selfsup.workdir import export
 
@@ -72,6 +74,12 @@ class TrainConfig:
   eval_split: str = None
   eval_batches: int = None
   sync_batch_norm: bool = False
+  optimizer: str = "sgd"
+  schedule: str = "step"
+  lr_scaling: str = "linear"
+  weight_decay: float = 0.0
+  exclude_from_weight_decay: tuple = ("bias", "gamma", "beta")
+  final_lr_factor: float = 0.0
 
   def __post_init__(self):
     name = lambda field: f"TrainConfig.{field}"  # noqa: E731
@@ -104,6 +112,45 @@ class TrainConfig:
       checks.boolean(name(flag), getattr(self, flag))
     checks.string(name("train_split"), self.train_split)
     checks.string(name("eval_split"), self.eval_split, optional=True)
+    self._check_optimizer(name)
+
+  def _check_optimizer(self, name):
+    checks.string(name("optimizer"), self.optimizer,
+                  choices=optimizers.OPTIMIZERS)
+    checks.string(name("schedule"), self.schedule, choices=SCHEDULES)
+    checks.string(name("lr_scaling"), self.lr_scaling,
+                  choices=schedules.LR_SCALINGS)
+    checks.number(name("weight_decay"), self.weight_decay, minimum=0)
+    if self.optimizer == "sgd" and self.weight_decay:
+      raise checks.ConfigError(
+          f"{name('weight_decay')}={self.weight_decay!r} is invalid with "
+          "optimizer='sgd': SGD's decay is the task's L2 "
+          "(build_task.weight_decay); expected 0.")
+    self.exclude_from_weight_decay = tuple(checks.sequence(
+        name("exclude_from_weight_decay"), self.exclude_from_weight_decay,
+        checks.string))
+    checks.number(name("final_lr_factor"), self.final_lr_factor, minimum=0,
+                  maximum=1)
+
+
+SCHEDULES = ("step", "cosine")
+
+
+def make_schedule(cfg, steps_per_epoch, total_steps):
+  """The learning-rate schedule a TrainConfig names: the paper's warm-up and
+  step decay ("step"), or warm-up and cosine decay to `final_lr_factor`
+  ("cosine"); the peak is base_lr scaled with the batch (`lr_scaling`)."""
+  if cfg.schedule == "cosine":
+    return WarmupCosineDecay(
+        cfg.base_lr, cfg.batch_size, steps_per_epoch, cfg.warmup_epochs,
+        total_steps, final_factor=cfg.final_lr_factor,
+        scaling=cfg.lr_scaling)
+  if cfg.lr_scaling != "linear":
+    raise checks.ConfigError(
+        f"TrainConfig.lr_scaling={cfg.lr_scaling!r} is invalid with "
+        "schedule='step': the paper's schedule scales linearly.")
+  return WarmupStepDecay(cfg.base_lr, cfg.batch_size, steps_per_epoch,
+                         cfg.warmup_epochs, cfg.decay_epochs)
 
 
 class Trainer:
@@ -168,11 +215,12 @@ class Trainer:
       if metrics is None:  # a subclass with its own `build`
         _, metrics = task.step(task.dummy_batch(2), training=False)
       self._log_names = sorted(set(metrics) | {"loss", "total_loss"})
-      self.schedule = WarmupStepDecay(
-          cfg.base_lr, cfg.batch_size, self.steps_per_epoch,
-          cfg.warmup_epochs, cfg.decay_epochs)
-      self.optimizer = keras.optimizers.SGD(self.schedule,
-                                            momentum=cfg.momentum)
+      self.schedule = make_schedule(cfg, self.steps_per_epoch,
+                                    self.total_steps)
+      self.optimizer = optimizers.make_optimizer(
+          cfg.optimizer, self.schedule, momentum=cfg.momentum,
+          weight_decay=cfg.weight_decay,
+          exclude_from_weight_decay=cfg.exclude_from_weight_decay)
       # Built in the scope before the first step, so that its slots are
       # mirrored like the variables they follow.
       self.optimizer.build(task.trainable_variables)
@@ -274,6 +322,9 @@ class Trainer:
   def _replica_step(self, batch):
     grads, logs = self._grads(batch)
     self.optimizer.apply_gradients(zip(grads, self.task.trainable_variables))
+    # After the update, in the same step: BYOL's target follows the new
+    # online weights, and its variables are checkpointed with the step.
+    self.task.after_update(self.optimizer.iterations - 1, self.total_steps)
     return logs
 
   def _loop(self, iterator, steps):
