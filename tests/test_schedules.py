@@ -147,3 +147,41 @@ def test_epochs_to_steps():
                      ((1, 5, 10), "batch_size=10")]:
     with pytest.raises(ValueError, match=shown):
       schedules.epochs_to_steps(*bad)
+
+
+# --------------------------------------------------------------------------
+# Warm-up + cosine (SimCLR, BYOL, Barlow Twins) and the batch scalings.
+
+
+def test_warmup_cosine_follows_its_formula():
+  from selfsup.core.schedules import WarmupCosineDecay
+  sched = WarmupCosineDecay(0.3, batch_size=512, steps_per_epoch=10,
+                            warmup_epochs=2, total_steps=100,
+                            final_factor=0.01)
+  peak = 0.3 * 512 / 256
+  assert sched.peak_lr == pytest.approx(peak)
+  steps = np.arange(0, 120)
+  got = sched(steps).numpy()
+  want = np.where(
+      steps < 20, peak * steps / 20,
+      peak * (0.01 + 0.99 * 0.5 * (1 + np.cos(
+          np.pi * np.clip((steps - 20) / 80, 0, 1)))))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  assert got[0] == 0 and got[20] == pytest.approx(peak)
+  assert got[100] == pytest.approx(0.01 * peak) == got[119]
+  assert np.all(np.diff(got[20:]) <= 1e-7)  # never rises after the warm-up
+
+
+def test_sqrt_scaling_and_config_round_trip():
+  from selfsup.core.schedules import WarmupCosineDecay, scaled_peak
+  assert scaled_peak(0.075, 4096, "sqrt") == pytest.approx(4.8)
+  assert scaled_peak(0.3, 4096, "linear") == pytest.approx(4.8)
+  sched = WarmupCosineDecay(0.075, 1024, 5, 0, 50, scaling="sqrt")
+  assert float(sched(0)) == pytest.approx(0.075 * 32)
+  again = WarmupCosineDecay.from_config(sched.get_config())
+  np.testing.assert_allclose(again(np.arange(50)).numpy(),
+                             sched(np.arange(50)).numpy())
+  with pytest.raises(ValueError, match="scaling"):
+    WarmupCosineDecay(0.1, 256, 5, 0, 50, scaling="cube")
+  with pytest.raises(ValueError, match="final_factor"):
+    WarmupCosineDecay(0.1, 256, 5, 0, 50, final_factor=2)
