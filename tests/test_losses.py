@@ -184,6 +184,41 @@ def test_rejects_bad_inputs(kwargs, match):
     losses.triplet_semihard_loss(**kwargs)
 
 
+@pytest.mark.parametrize("squared", [True, False])
+def test_mining_groups_average_the_groups_losses(squared):
+  """group_size=n: each run of n embeddings mines only among itself (the
+  authors' per-core loss); the loss is the mean of the groups' losses."""
+  rng = np.random.default_rng(7)
+  labels = np.repeat(np.arange(12), 2).astype(np.int32)  # 12 images x 2
+  emb = rng.normal(size=(24, 5)).astype(np.float32)
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  want = np.mean([reference_triplet(labels[i:i + 8], emb[i:i + 8], 0.5,
+                                    squared)[0] for i in range(0, 24, 8)])
+  got = losses.triplet_semihard_loss(labels, emb, squared=squared,
+                                     group_size=8)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  whole = reference_triplet(labels, emb, 0.5, squared)[0]
+  assert abs(whole - want) > 1e-3  # mining among all 24 is another loss
+  np.testing.assert_allclose(
+      float(losses.triplet_semihard_loss(labels, emb, squared=squared,
+                                         group_size=24)), whole, rtol=1e-5)
+
+
+def test_mining_groups_compile_and_refuse_a_group_that_does_not_divide():
+  from selfsup.core.checks import ConfigError  # pylint: disable=g-import-not-at-top
+  labels, emb = np.repeat(np.arange(6), 2), np.eye(12, 4, dtype=np.float32)
+  fn = tf.function(lambda e: losses.triplet_semihard_loss(
+      labels, e, group_size=4), jit_compile=True)
+  np.testing.assert_allclose(
+      float(fn(tf.constant(emb))),
+      float(losses.triplet_semihard_loss(labels, emb, group_size=4)),
+      rtol=1e-6)
+  with pytest.raises(ConfigError, match="group_size=5 .* batch of 12"):
+    losses.triplet_semihard_loss(labels, emb, group_size=5)
+  with pytest.raises(ConfigError, match="group_size=0"):
+    losses.triplet_semihard_loss(labels, emb, group_size=0)
+
+
 def test_cross_entropy_is_float32_and_exact_for_bfloat16_logits():
   rng = np.random.default_rng(0)
   logits = tf.cast(rng.normal(scale=3.0, size=(5, 7)), tf.bfloat16)

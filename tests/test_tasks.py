@@ -13,6 +13,10 @@ from selfsup.tasks import base, losses
 from tests import training_runs
 
 P = 4  # patch side
+# The authors' head starts with near-zero logits (sigma 0.005 kernels): every
+# input gives a loss within ~1e-5 of log(classes). Tests that tell two inputs
+# apart by their loss use the glorot-initialised head.
+DISTINCT_HEAD = "task"
 
 
 def _patch_task(name, **kwargs):
@@ -143,7 +147,7 @@ def test_jigsaw_grid_equals_materialised_permutations(training):
   [B, K, 9, p, p, C] gives the same loss. With training=True too: every copy
   holds each patch once, so batch-norm statistics are those of the grid
   (dropout is 0 here, as it draws different masks)."""
-  task = _patch_task("jigsaw")
+  task = _patch_task("jigsaw", head_settings=DISTINCT_HEAD)
   perms = pp.load_permutations()
   patches = _patches(3)
   labels = tf.constant(np.random.default_rng(1).integers(0, 100, (3, 5)),
@@ -180,7 +184,7 @@ def test_jigsaw_pipeline_formats_agree_through_the_task():
 
 def test_relative_patch_location_grid_equals_materialised_pairs():
   """Label l pairs patch NEIGHBOURS[l] (first) with the centre patch 4."""
-  task = _patch_task("relative_patch_location")
+  task = _patch_task("relative_patch_location", head_settings=DISTINCT_HEAD)
   patches = _patches(3)
   rng = np.random.default_rng(2)
   labels = np.stack([rng.permutation(8) for _ in range(3)]).astype(np.int32)
@@ -264,3 +268,133 @@ def test_exemplar_identical_copies_score_one():
   normalised = e / np.linalg.norm(e, axis=1, keepdims=True)
   want = losses.triplet_semihard_loss(np.repeat(np.arange(5), 2), normalised)
   assert loss == pytest.approx(float(want), rel=1e-5)
+
+
+def _grouped_step(embeddings, copies, training=False, **kwargs):
+  task = selfsup.tasks.get("exemplar", image_size=2, copies=copies, **kwargs)
+  task.backbone = _Embeddings(embeddings)
+  batch = {"image": tf.zeros([len(embeddings) // copies, copies, 2, 2, 3])}
+  loss, metrics = task.step(batch, training=training)
+  return float(loss), float(metrics["accuracy"])
+
+
+@pytest.mark.parametrize("normalize", ["embedding", "batch"])
+def test_exemplar_mines_and_normalises_within_groups_of_images(normalize):
+  """mining_group=2 images: the loss is the mean of the groups' losses, the
+  accuracy looks for neighbours in the group, "batch" normalises per group
+  (the authors' per-core batch)."""
+  e = np.random.default_rng(5).normal(size=(4 * 2, 3))
+  labels = np.repeat(np.arange(4), 2)
+  axis = 1 if normalize == "embedding" else 0
+  want_loss, want_acc = [], []
+  for part, lab in ((e[:4], labels[:4]), (e[4:], labels[4:])):
+    n = part / np.linalg.norm(part, axis=axis, keepdims=True)
+    want_loss.append(float(losses.triplet_semihard_loss(lab, n)))
+    want_acc.append(_reference_accuracy(n, lab))
+  loss, accuracy = _grouped_step(e, 2, normalize=normalize, mining_group=2)
+  assert loss == pytest.approx(np.mean(want_loss), rel=1e-5)
+  assert accuracy == pytest.approx(np.mean(want_acc))
+  # The default group (16 images) holds all 4 images: another loss.
+  whole, _ = _grouped_step(e, 2, normalize=normalize)
+  assert abs(whole - loss) > 1e-4
+
+
+def test_exemplar_groups_in_training_and_evaluation():
+  """A training batch must hold whole groups; an evaluation batch (the last
+  may be short) ends with a smaller group."""
+  e = np.random.default_rng(6).normal(size=(3 * 2, 3))
+  with pytest.raises(selfsup.core.checks.ConfigError,
+                     match="mining_group=2 .* batch of 3 images"):
+    _grouped_step(e, 2, training=True, mining_group=2)
+  loss, accuracy = _grouped_step(e, 2, mining_group=2)
+  head = e[:4] / np.linalg.norm(e[:4], axis=1, keepdims=True)
+  first = float(losses.triplet_semihard_loss(np.repeat([0, 1], 2), head))
+  # The last group is one image: no negative, loss 0, both copies correct.
+  assert loss == pytest.approx(first / 2, rel=1e-5)
+  assert accuracy == pytest.approx(
+      (4 * _reference_accuracy(head, np.repeat([0, 1], 2)) + 2) / 6)
+  with pytest.raises(selfsup.core.checks.ConfigError, match="mining_group=0"):
+    selfsup.tasks.get("exemplar", mining_group=0)
+
+
+def test_exemplar_preprocessing_paper_by_default_code_on_request():
+  paper = selfsup.tasks.get("exemplar", image_size=32).specs
+  assert "to_gray" not in paper["train"] and "standardize" not in paper[
+      "train"]
+  assert "value_range(-1, 1)" in paper["train"]
+  code = selfsup.tasks.get("exemplar", image_size=32, copies=2,
+                           preprocessing="code").specs
+  assert code["train"].startswith("decode|to_gray(0.66)|exemplar(2, ")
+  assert "area_min=10" in code["train"] and code["train"].endswith(
+      'standardize")')
+  assert "to_gray(0.66, training=True)" in code["eval"]
+  with pytest.raises(selfsup.core.checks.ConfigError, match="'slim'"):
+    selfsup.tasks.get("exemplar", preprocessing="slim")
+
+
+def test_supervised_keeps_the_colour_jitter_by_default():
+  """The authors' recipe (inception_preprocess with its colour jitter);
+  color=False is the jitter-free spec."""
+  assert "color_distort" in selfsup.tasks.get("supervised").specs["train"]
+  plain = selfsup.tasks.get("supervised", spec_kwargs={"color": False})
+  assert "color_distort" not in plain.specs["train"]
+  assert "inception_crop(224)" in plain.specs["train"]
+
+
+def _head_layers(task):
+  return {l.name: l for l in task.head.layers}
+
+
+def test_patch_head_is_the_authors_by_default():
+  """patch_utils.py:178-207: weight decay 5e-4 (Keras' L2 of 2.5e-4 gives
+  the same gradient), truncated normal sigma 0.005, fc1 bias 0.1, batch norm
+  momentum 0.997 and epsilon 1e-5."""
+  import keras  # pylint: disable=import-outside-toplevel
+  task = _patch_task("jigsaw")
+  layers = _head_layers(task)
+  for name in ("fc1", "logits"):
+    init = layers[name].kernel_initializer
+    assert isinstance(init, keras.initializers.TruncatedNormal), name
+    assert init.stddev == 0.005 and init.mean == 0.0
+    assert layers[name].kernel_regularizer.l2 == pytest.approx(2.5e-4)
+  np.testing.assert_array_equal(layers["fc1"].bias.numpy(), np.float32(0.1))
+  np.testing.assert_array_equal(layers["logits"].bias.numpy(), 0.0)
+  bn = layers["fc1_bn"]
+  assert bn.momentum == pytest.approx(0.997) and bn.epsilon == 1e-5
+  kernel = layers["fc1"].kernel.numpy()
+  assert np.max(np.abs(kernel)) <= 2 * 0.005 + 1e-9  # truncated at 2 sigma
+  assert 0.003 < kernel.std() < 0.006
+
+
+def test_patch_head_task_settings_are_the_previous_ones():
+  import keras  # pylint: disable=import-outside-toplevel
+  task = _patch_task("relative_patch_location", head_settings="task",
+                     weight_decay=3e-4, backbone_kwargs={"bn_momentum": 0.9})
+  layers = _head_layers(task)
+  assert isinstance(layers["fc1"].kernel_initializer,
+                    keras.initializers.GlorotUniform)
+  assert layers["fc1"].kernel_regularizer.l2 == pytest.approx(1.5e-4)
+  np.testing.assert_array_equal(layers["fc1"].bias.numpy(), 0.0)
+  assert layers["fc1_bn"].momentum == 0.9
+  assert layers["fc1_bn"].epsilon == 1e-3
+  with pytest.raises(selfsup.core.checks.ConfigError,
+                     match="head_settings='paper'"):
+    _patch_task("jigsaw", head_settings="paper")
+
+
+def test_patch_head_groups_follow_the_backbone_images():
+  """bn_group_size counts patches (9 per image); the head normalises the
+  examples of the same images: 2 images x 16 permutations."""
+  from selfsup.models import norm  # pylint: disable=import-outside-toplevel
+  task = _patch_task("jigsaw", backbone_kwargs={"bn_group_size": 18})
+  assert task.head_group_size() == 2 * 16
+  bn = _head_layers(task)["fc1_bn"]
+  assert isinstance(bn, norm.GroupedBatchNormalization)
+  assert bn.group_size == 32
+  rpl = _patch_task("relative_patch_location",
+                    backbone_kwargs={"bn_group_size": 9})
+  assert rpl.head_group_size() == 8
+  assert _patch_task("jigsaw").head_group_size() is None
+  with pytest.raises(selfsup.core.checks.ConfigError,
+                     match="bn_group_size=10 .* multiple of 9"):
+    _patch_task("jigsaw", backbone_kwargs={"bn_group_size": 10})

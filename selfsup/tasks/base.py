@@ -157,15 +157,32 @@ def classification(labels, logits):
 
 
 def mlp_head(num_classes, weight_decay, name, hidden=4096, dropout=0.5,
-             sync_batch_norm=False, bn_momentum=0.99):
-  """The patch tasks' head: FC 4096, batch norm, ReLU, dropout, logits."""
+             sync_batch_norm=False, bn_momentum=0.99,
+             kernel_initializer="glorot_uniform", hidden_bias=0.0,
+             bn_epsilon=1e-3, bn_group_size=None):
+  """The patch tasks' head: FC `hidden`, batch norm, ReLU, dropout, logits.
+
+  The authors' head (patch_utils.py:178-209, `fully_connected`) is this with
+  weight_decay=5e-4, kernel_initializer TruncatedNormal(stddev=0.005) on
+  both layers, hidden_bias=0.1 (the logits' bias starts at 0),
+  bn_momentum=0.997 and bn_epsilon=1e-5; the patch tasks pass those by
+  default (`head_settings="code"`). The decay is the authors' convention
+  (gradient weight_decay * w). `bn_group_size`: rows per batch-norm group
+  in training (`selfsup.models.norm.GroupedBatchNormalization`), or None.
+  """
+  from selfsup.models import norm  # pylint: disable=g-import-not-at-top
   reg = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+  init = lambda: keras.initializers.get(kernel_initializer)  # noqa: E731
   return keras.Sequential([
-      keras.layers.Dense(hidden, kernel_regularizer=reg, name="fc1"),
-      keras.layers.BatchNormalization(synchronized=sync_batch_norm,
-                                      momentum=bn_momentum, name="fc1_bn"),
+      keras.layers.Dense(hidden, kernel_regularizer=reg, name="fc1",
+                         kernel_initializer=init(),
+                         bias_initializer=keras.initializers.Constant(
+                             hidden_bias)),
+      norm.make("fc1_bn", kind="keras", momentum=bn_momentum,
+                synchronized=sync_batch_norm, group_size=bn_group_size,
+                epsilon=bn_epsilon),
       keras.layers.ReLU(name="fc1_relu"),
       keras.layers.Dropout(dropout, name="dropout"),
       keras.layers.Dense(num_classes, kernel_regularizer=reg, dtype="float32",
-                         name="logits"),
+                         kernel_initializer=init(), name="logits"),
   ], name=name)

@@ -3,7 +3,12 @@
 Both run the patch variant of the backbone on 64x64 patches (a
 1000-dimensional output per patch), concatenate the outputs of the patches
 in question and classify them with a two-layer head (FC 4096, batch norm,
-ReLU, dropout 0.5, logits).
+ReLU, dropout 0.5, logits) set up as the authors' (`HEAD_SETTINGS`).
+
+Batch-norm groups: the backbone's `bn_group_size` counts patches, a multiple
+of 9 (whole images; the authors: 32 images x 9 patches per TPU core = 288);
+the head then normalises the examples of the same images together,
+bn_group_size / 9 x (examples per image) rows.
 
 Two input formats are accepted, told apart by rank:
 * the grid [B, 9, p, p, C] with label [B, K]: the backbone runs once on the
@@ -13,9 +18,25 @@ Two input formats are accepted, told apart by rank:
 """
 import tensorflow as tf
 
+from selfsup.core.checks import ConfigError
 from selfsup.preprocess import load_permutations, pair_patches, permute_patches
 from selfsup.preprocess import specs
 from selfsup.tasks import base
+
+# The head's settings. "code": the authors' `fully_connected`
+# (patch_utils.py:178-207): its own weight decay 5e-4, truncated-normal
+# kernels (sigma 0.005), fc1 bias 0.1, batch norm momentum 0.997 and epsilon
+# 1e-5. "task": the task's weight decay, Keras' defaults (glorot_uniform, zero
+# bias, epsilon 1e-3) and the backbone's bn_momentum (selfsup before 2026-12).
+HEAD_SETTINGS = {
+    "code": dict(weight_decay=5e-4, bn_momentum=0.997, bn_epsilon=1e-5,
+                 hidden_bias=0.1,
+                 kernel_initializer={"class_name": "TruncatedNormal",
+                                     "config": {"mean": 0.0,
+                                                "stddev": 0.005}}),
+    "task": dict(bn_epsilon=1e-3, hidden_bias=0.0,
+                 kernel_initializer="glorot_uniform"),
+}
 
 
 class _PatchTask(base.Task):
@@ -25,6 +46,7 @@ class _PatchTask(base.Task):
   random square crop split into 3x3 cells), `patch` (side of the patch cut
   at a random place in each cell), `resize` (default crop * 292/255),
   `gray_p` and `gray_per_patch` (see `selfsup.preprocess.specs`).
+  `head_settings`: "code" (default) or "task", see `HEAD_SETTINGS`.
   """
   patch_based = True
   num_classes = None
@@ -38,7 +60,11 @@ class _PatchTask(base.Task):
         size=int(round(image_size * 255 / 64)), patch=image_size)
 
   def __init__(self, image_size=64, embedding_size=1000, hidden_size=4096,
-               dropout=0.5, **kwargs):
+               dropout=0.5, head_settings="code", **kwargs):
+    if head_settings not in HEAD_SETTINGS:
+      raise ConfigError(f"head_settings={head_settings!r} is invalid: "
+                        f"expected one of {tuple(HEAD_SETTINGS)}.")
+    self.head_settings = head_settings
     self.embedding_size = embedding_size
     self.hidden_size = hidden_size
     self.dropout = dropout
@@ -53,12 +79,26 @@ class _PatchTask(base.Task):
   def _build(self, sync_batch_norm):
     self.backbone = self._backbone(self.embedding_size, sync_batch_norm,
                                    patch=True)
-    self.head = base.mlp_head(self.num_classes, self.weight_decay,
-                              f"{self.name}_head", hidden=self.hidden_size,
-                              dropout=self.dropout,
+    settings = dict(weight_decay=self.weight_decay,
+                    bn_momentum=self.backbone_kwargs.get("bn_momentum", 0.99))
+    settings.update(HEAD_SETTINGS[self.head_settings])
+    self.head = base.mlp_head(self.num_classes, name=f"{self.name}_head",
+                              hidden=self.hidden_size, dropout=self.dropout,
                               sync_batch_norm=sync_batch_norm,
-                              bn_momentum=self.backbone_kwargs.get(
-                                  "bn_momentum", 0.99))
+                              bn_group_size=self.head_group_size(),
+                              **settings)
+
+  def head_group_size(self):
+    """Head rows per batch-norm group: those of the backbone's images."""
+    patches = self.backbone_kwargs.get("bn_group_size")
+    if patches is None:
+      return None
+    if not isinstance(patches, int) or patches % 9:
+      raise ConfigError(
+          f"bn_group_size={patches!r} is invalid for {self.name!r}: expected "
+          "a multiple of 9, the patches of whole images (288 = 32 images in "
+          "the authors' runs).")
+    return patches // 9 * self.examples_per_image
 
   def _embed(self, patches, training):
     flat = base.flatten_copies(patches)
