@@ -361,3 +361,25 @@ def test_cache_fingerprint_follows_the_pooling_version_not_the_code(
   assert sha(rule="max") != before
   monkeypatch.setattr(pooling, "VERSION", pooling.VERSION + 1)
   assert sha() != before
+
+
+def test_paper_layers_study_evaluates_with_the_authors_max_rule():
+  import gin  # pylint: disable=g-import-not-at-top
+  from selfsup.evaluation import protocol  # pylint: disable=g-import-not-at-top
+  from selfsup.study import spec as spec_lib  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  gin.clear_config()
+  try:
+    gin.parse_config_file(os.path.join(repo, "gin", "study",
+                                       "paper_layers.gin"))
+    cells = spec_lib.expand(spec_lib.study())
+    params = {p for cell in cells for e in cell.evals for p in e["params"]}
+    assert 'linear_eval.pooling = "max"' in params
+    gin.parse_config(list(params))
+    assert gin.query_parameter("selfsup.linear_eval.pooling") == "max"
+  finally:
+    gin.clear_config()
+  assert protocol.EvalSettings(pooling="max").recorded["pooling"] == "max"
+  with pytest.raises(selfsup.core.ConfigError,
+                     match="linear_eval.pooling='mean'"):
+    protocol.EvalSettings(pooling="mean")

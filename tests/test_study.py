@@ -453,3 +453,43 @@ def test_one_task_order_covers_every_registered_task():
   imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
               for a in n.names}
   assert "report" not in imported
+
+
+def test_seeds_pool_into_mean_and_std_with_noise_marks(tmp_path):
+  """Three seeds per cell: tables show mean ± std; the best architecture is
+  marked beyond the noise only where its lead exceeds 2 standard errors."""
+  root = str(tmp_path / "root")
+  os.makedirs(root)
+  tops = {"revnet50": (0.50, 0.51, 0.52), "resnet50_v1": (0.40, 0.41, 0.42),
+          "resnet50_v2": (0.49, 0.53, 0.45)}
+  for backbone, values in tops.items():
+    for seed, top1 in enumerate(values):
+      _cell(root, f"rotation-{backbone}-w4-s{seed}",
+            dict(task="rotation", backbone=backbone, width=4, seed=seed),
+            [_entry(top1), _entry(top1 - 0.1, layer="block3")],
+            pretext=0.9)
+  for backbone, values in (("revnet50", (0.60, 0.61, 0.62)),
+                           ("resnet50_v1", (0.40, 0.41, 0.42))):
+    for seed, top1 in enumerate(values):  # a clear lead
+      _cell(root, f"exemplar-{backbone}-w4-s{seed}",
+            dict(task="exemplar", backbone=backbone, width=4, seed=seed),
+            [_entry(top1)])
+  rows = results.pool_seeds(results.rows(results.load_cells(root)))
+  pre = {r["backbone"]: r for r in rows if r["layer"] == "pre_logits"
+         and r["task"] == "rotation"}
+  assert len(rows) == 8 and pre["revnet50"]["n_seeds"] == 3
+  assert pre["revnet50"]["top1"] == pytest.approx(0.51)
+  assert pre["revnet50"]["top1_std"] == pytest.approx(0.01)
+  assert pre["revnet50"]["cell"] == "rotation-revnet50-w4"
+  # revnet50 leads resnet50_v2 by 0.02 with se sqrt(0.01^2/3 + 0.04^2/3):
+  # within the noise.
+  assert not results.beyond_noise(pre["revnet50"], pre["resnet50_v2"])
+  assert results.beyond_noise(pre["revnet50"], pre["resnet50_v1"])
+  out = str(tmp_path / "report")
+  report.write_report(root, out)
+  text = open(os.path.join(out, "report.md")).read()
+  assert ("| revnet50 | **51.0 ± 1.0** [41.8] | **61.0 ± 1.0**† [39.4] |"
+          in text)  # rotation: within the noise; exemplar: beyond it
+  assert "| resnet50_v1 | 41.0 ± 1.0 [38.1] | 41.0 ± 1.0 [39.3] |" in text
+  assert "| rotation-revnet50-w4 | 41.0 ± 1.0 | 51.0 ± 1.0 |" in text
+  assert "standard error" in text

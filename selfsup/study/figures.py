@@ -49,6 +49,12 @@ def _tasks(rows):
   return labels.order({r["task"] for r in rows}, TASKS)
 
 
+def _err(row):
+  """The error bar of a pooled row: its standard deviation over seeds, in
+  points (0 for one seed)."""
+  return 100 * (row.get("top1_std") or 0.0)
+
+
 def _save(fig, out, name, caption):
   path = os.path.join(out, name + ".png")
   fig.tight_layout()
@@ -87,15 +93,17 @@ def fig2(rows, out):
                                     4))
     step = 0.8 / len(archs)
     for j, arch in enumerate(archs):
-      heights = []
+      heights, errors = [], []
       for task in tasks:
         cand = [r for r in sel if r["task"] == task and
-                _arch(r) == arch]
-        widest = max((r["width"] for r in cand), default=None)
-        heights.append(max((100 * r["top1"] for r in cand
-                            if r["width"] == widest), default=0))
+                _arch(r) == arch and r["width"] == max(
+                    (c["width"] for c in sel if c["task"] == task and
+                     _arch(c) == arch), default=None)]
+        top = max(cand, key=lambda r: r["top1"], default=None)
+        heights.append(100 * top["top1"] if top else 0)
+        errors.append(_err(top) if top else 0)
       ax.bar([i + j * step for i in range(len(tasks))], heights, step,
-             label=arch)
+             yerr=errors if any(errors) else None, capsize=2, label=arch)
     ax.set_xticks([i + 0.4 - step / 2 for i in range(len(tasks))])
     ax.set_xticklabels(tasks, rotation=15)
     ax.set_ylabel("top-1 accuracy [%]")
@@ -148,8 +156,10 @@ def fig4(rows, out):
       for arch in labels.order(_arch(r) for r in sel):
         pts = [r for r in sel if r["task"] == task and
                _arch(r) == arch]
-        ax.scatter([100 * r["pretext"] for r in pts],
-                   [100 * r["top1"] for r in pts], label=arch, s=20)
+        ax.errorbar([100 * r["pretext"] for r in pts],
+                    [100 * r["top1"] for r in pts],
+                    yerr=[_err(r) for r in pts], fmt="o", ms=4, capsize=2,
+                    label=arch)
       ax.set_title(task, fontsize=9)
       ax.set_xlabel("pretext accuracy [%]")
       ax.set_ylabel("downstream top-1 [%]")
@@ -177,8 +187,9 @@ def fig5(rows, out):
         pts = {r["layer"]: r for r in cand if r["width"] == widest and
                _arch(r) == arch}
         xs = [i for i, l in enumerate(layers) if l in pts]
-        ax.plot(xs, [100 * pts[layers[i]]["top1"] for i in xs], "o-",
-                label=arch)
+        ax.errorbar(xs, [100 * pts[layers[i]]["top1"] for i in xs],
+                    yerr=[_err(pts[layers[i]]) for i in xs], fmt="o-",
+                    capsize=2, label=arch)
       ax.set_xticks(range(len(layers)))
       ax.set_xticklabels(layers, rotation=30, fontsize=7)
       ax.set_title(f"{task} x{fmt(widest)}", fontsize=9)

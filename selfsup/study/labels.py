@@ -17,7 +17,7 @@ TASK_ORDER = PRETEXT_TASKS + METHODS + BASELINES
 
 # Keys that identify one cell's artefacts rather than an evaluation setting:
 # they must not split a table into one table per cell.
-_IDENTITY = re.compile(r"^(key|time|date|export|features.*|source_args)$|"
+IDENTITY = re.compile(r"^(key|time|date|export|features.*|source_args)$|"
                        r"fingerprint|sha256|hash|checksum|workdir|path|_dir$")
 LAYER_ORDER = ("after_root", "block1", "block2", "block3", "block4",
                "pre_logits", "logits")
@@ -26,7 +26,7 @@ LAYER_ORDER = ("after_root", "block1", "block2", "block3", "block4",
 def context_keys(row):
   """The settings of `row` that define which table it belongs in."""
   keys = [k for k in row["_settings"]
-          if k != "layer" and not _IDENTITY.search(k)]
+          if k != "layer" and not IDENTITY.search(k)]
   return ("pretrain_source",) + tuple(keys)
 
 

@@ -45,6 +45,20 @@ def paper_value(row, index):
   return index.get(paper_key(keyed))
 
 
+_NOISE_NOTE = ("a ± b: mean and standard deviation over the seeds. †: the "
+               "best architecture's lead over the next exceeds twice the "
+               "standard error of the difference (Welch), i.e. beyond the "
+               "noise of the seeds; a bold number without † is within it.")
+
+
+def percent(row):
+  """Top-1 in percent; `mean ± std` where the row pools several seeds."""
+  text = f"{100 * row['top1']:.1f}"
+  if row.get("n_seeds", 1) > 1:
+    text += f" ± {100 * row['top1_std']:.1f}"
+  return text
+
+
 def main_tables(rows, paper):
   """[(context, header, body rows, notes)] for the pre-logits results."""
   index = paper_index(paper)
@@ -59,10 +73,13 @@ def main_tables(rows, paper):
       columns += [(task, w) for w in widths]
     archs = order(arch_label(r) for r in sel)
     cell = {(arch_label(r), r["task"], r["width"]): r for r in sel}
-    best = {}
+    best, clear = {}, {}
     for col in columns:
-      values = [cell[(a,) + col]["top1"] for a in archs if (a,) + col in cell]
-      best[col] = max(values) if values else None
+      ranked = sorted((cell[(a,) + col] for a in archs if (a,) + col in cell),
+                      key=lambda r: -r["top1"])
+      best[col] = ranked[0]["top1"] if ranked else None
+      clear[col] = (results_lib.beyond_noise(ranked[0], ranked[1])
+                    if len(ranked) > 1 else None)
     body, matched = [], []
     for arch in archs:
       line = [arch]
@@ -71,9 +88,9 @@ def main_tables(rows, paper):
         if r is None:
           line.append("")
           continue
-        text = f"{100 * r['top1']:.1f}"
+        text = percent(r)
         if len(archs) > 1 and r["top1"] == best[col]:
-          text = f"**{text}**"
+          text = f"**{text}**" + ("†" if clear[col] else "")
         ref = paper_value(r, index)
         if ref:
           text += f" [{ref['top1']:.1f}]"
@@ -82,6 +99,8 @@ def main_tables(rows, paper):
       body.append(line)
     header = ["architecture"] + [f"{t} x{fmt(w)}" for t, w in columns]
     notes = []
+    if any(r.get("n_seeds", 1) > 1 for r in sel):
+      notes.append(_NOISE_NOTE)
     if matched:
       notes.append("[x]: the paper's number for this setting, from the "
                    + ", ".join(sorted(set(matched))) + ".")
@@ -104,7 +123,7 @@ def layer_tables(rows):
       line = [cell]
       for layer in layers:
         r = value.get((cell, layer))
-        line.append(f"{100 * r['top1']:.1f}" if r else "")
+        line.append(percent(r) if r else "")
       body.append(line)
     out.append((ctx, ["cell"] + layers, body))
   return out
@@ -137,7 +156,7 @@ def ablation_tables(rows, paper):
       line = [option or "(default)"]
       for layer in layers:
         r = value.get((option, layer))
-        text = f"{100 * r['top1']:.1f}" if r else ""
+        text = percent(r) if r else ""
         ref = paper_value(r, index) if r else None
         if ref:
           text += f" [{ref['top1']:.1f}]"
@@ -177,7 +196,7 @@ def markdown_table(header, body):
 def build(root, out, figures=True, paper=None):
   """The report as markdown blocks, and the figures written under `out`."""
   cells = results_lib.load_cells(root)
-  rows = results_lib.rows(cells)
+  rows = results_lib.pool_seeds(results_lib.rows(cells))
   paper = paper or results_lib.load_paper()
   name = _study_name(cells)
   blocks = [f"# Study report: {name}",

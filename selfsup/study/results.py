@@ -12,6 +12,7 @@ import os
 import re
 
 from selfsup.study import runner
+from selfsup.study.labels import IDENTITY
 
 REQUIRED = ("protocol", "layer", "source", "eval_split", "fraction", "top1")
 # Measurements and bookkeeping of an entry, never settings that tell two
@@ -134,3 +135,55 @@ def _config_source(cell_dir):
     match = re.search(r"^build_source\.name = ['\"]([^'\"]+)['\"]", f.read(),
                       re.M)
   return match.group(1) if match else None
+
+
+# Per-row values that differ between seeds of one setting: averaged (or
+# dropped) when seeds are pooled, never keys of the setting.
+_PER_SEED = ("seed", "cell", "top1", "top5", "history", "pretext")
+_SEED_SUFFIX = re.compile(r"-s\d+$")
+
+
+def pool_seeds(rows):
+  """One row per setting with its seeds pooled.
+
+  Rows that differ only in their seed (and so their cell's name) become one
+  row: `top1` the mean over the seeds, `top1_std` the sample standard
+  deviation (0 for one seed), `n_seeds`, `seeds` and `top1_values`;
+  `pretext` the mean where every seed has one. `cell` loses its `-s<seed>`
+  suffix. A study without seeds gives back one row per row (n_seeds 1).
+  """
+  groups = {}
+  for r in rows:
+    key = tuple(sorted((k, v) for k, v in r.items()
+                       if k not in _PER_SEED and not k.startswith("_")
+                       and not IDENTITY.search(k)
+                       and not isinstance(v, (list, dict))))
+    groups.setdefault(key, []).append(r)
+  out = []
+  for members in groups.values():
+    values = [m["top1"] for m in members]
+    n = len(values)
+    mean = sum(values) / n
+    var = (sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    pooled = dict(members[0])
+    pretexts = [m.get("pretext") for m in members]
+    pooled.update(
+        top1=mean, top1_std=var ** 0.5, n_seeds=n,
+        top1_values=tuple(values),
+        seeds=tuple(m.get("seed") for m in members), seed=None,
+        cell=_SEED_SUFFIX.sub("", members[0]["cell"]),
+        pretext=(sum(pretexts) / n if None not in pretexts else None),
+        history=members[0].get("history") if n == 1 else None)
+    out.append(pooled)
+  return out
+
+
+def beyond_noise(a, b, z=2.0):
+  """Whether pooled rows `a` and `b` differ by more than `z` standard errors
+  of the difference of their means (Welch's; None with fewer than two seeds
+  on either side, where the noise is unknown)."""
+  if a.get("n_seeds", 1) < 2 or b.get("n_seeds", 1) < 2:
+    return None
+  se = (a["top1_std"] ** 2 / a["n_seeds"]
+        + b["top1_std"] ** 2 / b["n_seeds"]) ** 0.5
+  return abs(a["top1"] - b["top1"]) > z * se
