@@ -221,6 +221,9 @@ def run(trainer):
   if start is not None:
     results["pretext_eval_start"] = start
   results["final_train_logs"] = trainer.train()
+  if cfg.bn_recalibration_batches:
+    results["bn_recalibration_batches"] = trainer.recalibrate_batch_norm(
+        cfg.bn_recalibration_batches)
   if cfg.eval_split:
     results["pretext_eval_end"] = trainer.evaluate(cfg.eval_split)
   results["export"] = (os.path.join(workdir, "export") if trainer.is_chief

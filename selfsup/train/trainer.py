@@ -18,16 +18,18 @@ import tensorflow as tf
 from absl import logging
 
 from selfsup import data as data_lib
-from selfsup.core import checks, files, lock, precision
+from selfsup.core import checks, errors, files, lock, precision
+from selfsup.core.log import progress
 from selfsup.core import schedules
 from selfsup.core.schedules import WarmupCosineDecay, WarmupStepDecay
 from selfsup.train import optimizers
-from selfsup.train import checkpoints
+from selfsup.train import checkpoints, recalibrate
 from selfsup.workdir import export
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(errors.SelfsupError, RuntimeError):
   """The loss became NaN or infinite; the last good checkpoint is kept."""
+  label = "training diverged"
 
 
 @dataclasses.dataclass
@@ -51,6 +53,11 @@ class TrainConfig:
 
   `eval_batches` bounds the pretext evaluation on `eval_split` (before and
   after training, Figure 4); None evaluates the whole split.
+
+  `bn_recalibration_batches`, if not 0, sets every batch norm's moving
+  statistics to their mean over that many training batches once training
+  ends, the weights untouched (`Trainer.recalibrate_batch_norm`): with
+  `train_steps=0`, the random-init baseline with the data's statistics.
 
   Every value is checked when the config is made (`ConfigError`).
   """
@@ -80,6 +87,7 @@ class TrainConfig:
   weight_decay: float = 0.0
   exclude_from_weight_decay: tuple = ("bias", "gamma", "beta")
   final_lr_factor: float = 0.0
+  bn_recalibration_batches: int = 0
 
   def __post_init__(self):
     name = lambda field: f"TrainConfig.{field}"  # noqa: E731
@@ -107,6 +115,8 @@ class TrainConfig:
     checks.integer(name("shuffle_buffer"), self.shuffle_buffer, minimum=0)
     checks.integer(name("eval_batches"), self.eval_batches, minimum=1,
                    optional=True)
+    checks.integer(name("bn_recalibration_batches"),
+                   self.bn_recalibration_batches, minimum=0)
     for flag in ("mixed_precision", "jit_compile", "checkpoint_input",
                  "cache", "sync_batch_norm"):
       checks.boolean(name(flag), getattr(self, flag))
@@ -267,7 +277,7 @@ class Trainer:
       self._restored_path = self.checkpoint.restore_latest()
       self._restored = True
       if self._restored_path:
-        logging.info("Resumed from %s at step %d.", self._restored_path,
+        progress.info("Resumed from %s at step %d.", self._restored_path,
                      self.step)
     return self._restored_path
 
@@ -378,7 +388,7 @@ class Trainer:
     done = self.step - start_step
     rate = done / max(time.time() - start_time, 1e-9)
     eta = (end - self.step) / max(rate, 1e-9)
-    logging.info(
+    progress.info(
         "step %d/%d  loss %.4f  accuracy %.3f  lr %.4g  %.1f img/s  ETA %s",
         self.step, end, logs["loss"], logs.get("accuracy", float("nan")),
         logs["learning_rate"], logs["images_per_sec"], format_eta(eta))
@@ -415,6 +425,19 @@ class Trainer:
     logging.info("Pretext evaluation on %s:%s: %d images.", self.source.name,
                  split, count)
     return dict({k: v / count for k, v in totals.items()}, images=count)
+
+  def recalibrate_batch_norm(self, batches):
+    """Sets every batch norm's moving statistics (backbone and head) to their
+    mean over `batches` training batches; weights untouched. Returns the
+    number of batches used (`selfsup.train.recalibrate`)."""
+    layers = recalibrate.batch_norm_layers(self.task.modules.values())
+    step = lambda b: self.task.step(b, training=True)  # noqa: E731
+    forward = lambda batch: self.strategy.run(step, args=(batch,))  # noqa: E731
+    feed = (self._next_batch(self._iterator) for _ in range(batches))
+    used = recalibrate.recalibrate(forward, feed, layers)
+    progress.info("Batch-norm statistics of %d layers measured on %d "
+                  "batches.", len(layers), used)
+    return used
 
   def export(self):
     """Writes the backbone as .keras and SavedModel under workdir/export;
