@@ -236,6 +236,10 @@ class ImagePreprocessor(keras.layers.Layer):
     self.patch_based = any(op[0] == "crop_patches" for op in self._ops)
     self.supports_jit = portable
 
+  def build(self, input_shape=None):
+    del input_shape  # no weights: every size and channel count is welcome
+    self.built = True
+
   def call(self, images):
     x = tf.convert_to_tensor(images)
     single = x.shape.rank == 3

@@ -218,6 +218,12 @@ class Representation(keras.layers.Layer):
                        f"height, width, channels], got shape {x.shape}.")
     return self.preprocessor(x)
 
+  def build(self, input_shape=None):
+    # The backbone is built (a functional model); the preprocessor has no
+    # weights. Saying so keeps Keras from warning about unbuilt state.
+    self.preprocessor.build(input_shape)
+    self.built = True
+
   def _pool(self, value):
     if value.shape.rank != 4 or self.pooling is None:
       return value

@@ -290,12 +290,29 @@ def _python_blocks(path):
   return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+def _module_tarball(tmp_path):
+  """A tiny backbone in TF-Hub's compressed module layout."""
+  import tarfile  # pylint: disable=import-outside-toplevel
+  folder = tmp_path / "module"
+  tf1_tests._write_checkpoint(  # pylint: disable=protected-access
+      str(folder / "variables" / "variables"),
+      tf1_tests._tf1_tensors(_backbone()))  # pylint: disable=protected-access
+  path = str(tmp_path / "rotation.tar.gz")
+  with tarfile.open(path, "w:gz") as archive:
+    archive.add(str(folder / "variables"), arcname="variables")
+  return path
+
+
 def test_docs_transfer_runs_as_written(tmp_path, monkeypatch):
   """docs/transfer.md's Python blocks, in order, on a tiny rotation export."""
   workdir, _ = _workdir(tmp_path)
   blocks = _python_blocks(os.path.join(ROOT, "docs", "transfer.md"))
   assert len(blocks) >= 7  # setup, features, endpoints, probe, load, ...
   monkeypatch.setenv("WORKDIR", workdir)
+  # The presets block reads a local stand-in module: nothing is downloaded.
+  monkeypatch.setenv("PRESET_MODULE", _module_tarball(tmp_path))
+  monkeypatch.setenv("SELFSUP_HOME", str(tmp_path / "home"))
+  monkeypatch.setenv("SELFSUP_OFFLINE", "1")
   monkeypatch.chdir(tmp_path)
   scope = {"__name__": "transfer_doc"}
   for i, block in enumerate(blocks):
@@ -306,3 +323,5 @@ def test_docs_transfer_runs_as_written(tmp_path, monkeypatch):
   assert os.path.exists(tmp_path / "probe.keras")
   assert scope["features"].shape[0] == 8
   assert not scope["adamw"].losses and scope["tuned"].losses
+  assert scope["pretrained"].backbone.name.startswith("resnet18_v2")
+  assert scope["lite"].shape == (2, scope["features"].shape[1])

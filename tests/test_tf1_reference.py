@@ -386,6 +386,7 @@ def test_auto_on_a_checkpoint_that_fits_nothing_says_what_it_found(
     selfsup.models.load_tf1(prefix, "auto")
 
 
+@pytest.mark.slow  # a subprocess importing TensorFlow (~30 s on 2 cores)
 @needs_reference
 def test_import_tf1_reads_backbone_width_and_size_by_default(references,
                                                              tmp_path):

@@ -10,6 +10,7 @@ import numbers
 
 import keras
 
+from selfsup.core import precision
 from selfsup.models import norm
 # The fused layer lives with the rest of batch norm (norm.py); this name stays.
 from selfsup.models.norm import BatchNormalization  # pylint: disable=unused-import
@@ -237,6 +238,10 @@ class Backbone(keras.Model):
     ordered = {k: endpoints[k] for k in ENDPOINTS if k in endpoints}
     super().__init__(inputs=inputs, outputs=ordered, name=name, **kwargs)
     self._selfsup_config = dict(config)
+    # The layers took the global policy in force while they were made; the
+    # config must carry it, or a model saved under mixed_bfloat16 reloads
+    # under whatever policy the loading process has.
+    self._selfsup_dtype = keras.config.dtype_policy().name
 
   @property
   def endpoint_names(self):
@@ -244,12 +249,18 @@ class Backbone(keras.Model):
 
   def get_config(self):
     return {"name": self.name, "trainable": self.trainable,
-            **self._selfsup_config}
+            "dtype": self._selfsup_dtype, **self._selfsup_config}
 
   @classmethod
   def from_config(cls, config):
+    """Rebuilds the backbone under the dtype policy it was made with
+    (configs written before the policy was recorded: the current one)."""
     config = dict(config)
     trainable = config.pop("trainable", True)
-    model = cls(**config)
+    dtype = config.pop("dtype", None)
+    if isinstance(dtype, dict):  # a serialized DTypePolicy
+      dtype = keras.dtype_policies.deserialize(dtype).name
+    with precision.dtype_policy(dtype or keras.config.dtype_policy().name):
+      model = cls(**config)
     model.trainable = trainable
     return model

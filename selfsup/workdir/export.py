@@ -6,9 +6,10 @@ below all of them and imports none of them.
 
 `workdir/export/` holds `backbone.keras` (Keras 3, this package's layers
 registered; the backbone without the pretext head: its endpoints end at
-`pre_logits`), `saved_model/` (a TF SavedModel whose `serve` signature maps
-float32 images to the dict of endpoints; loadable with `tf.saved_model.load`
-without selfsup), `head.keras` when the pretraining backbone had a `logits`
+`pre_logits`), `saved_model/` (a TF SavedModel, loadable with
+`tf.saved_model.load` without selfsup: `serving_default` maps uint8 images
+of any size to the representation, `serve` the backbone's float32 input to
+the dict of endpoints), `head.keras` when the pretraining backbone had a `logits`
 layer (that layer alone, pre_logits -> logits: Rotation's 4-way classifier,
 Exemplar's and the patch tasks' embedding) and `info.json` (task, backbone
 config, `input`: the images the backbone expects, evaluation specs,
@@ -43,7 +44,7 @@ TMP = "tmp"
 def _float32_copy(model, head=True):
   """A copy outside any strategy, in float32, without synchronised BN (and
   without the `logits` layer unless `head`), holding `model`'s weights."""
-  config = dict(model.get_config(), sync_batch_norm=False)
+  config = dict(model.get_config(), sync_batch_norm=False, dtype="float32")
   if not head:
     config["num_classes"] = None
   with precision.dtype_policy("float32"):
@@ -140,7 +141,7 @@ def write_export(backbone, workdir, *, task, backbone_name, image_size,
     keras_path = os.path.join(tmp, KERAS_FILE)
     backbone.save(keras_path)
     saved = os.path.join(tmp, SAVED_MODEL)
-    backbone.export(saved, format="tf_saved_model", verbose=False)
+    write_saved_model(backbone, eval_specs["eval"], saved)
     if head is not None:
       head.save(os.path.join(tmp, HEAD_FILE))
     _replace(keras_path, os.path.join(out, KERAS_FILE))
@@ -172,6 +173,40 @@ def write_export(backbone, workdir, *, task, backbone_name, image_size,
   }
   files.atomic_write(info_path, json.dumps(info, indent=2, default=str))
   return out
+
+
+def write_saved_model(backbone, eval_spec, path):
+  """The export's SavedModel: `serving_default` takes uint8 images [B, H, W,
+  C] of any size (C = 1, 3 or 4) and returns {"representation": [B, D]},
+  the pre-logits as `selfsup.Representation` gives them (the evaluation
+  preprocessing `eval_spec` inside; patch models average their 9 patches),
+  so that a server can be fed images; `serve` maps the backbone's own input
+  (float32, preprocessed) to the dict of endpoints, as before."""
+  from selfsup import preprocessor as preprocessor_lib  # pylint: disable=g-import-not-at-top
+  preprocess = preprocessor_lib.ImagePreprocessor(eval_spec, check_range=False)
+  archive = keras.export.ExportArchive()
+  archive.track(backbone)
+  archive.add_endpoint(
+      "serve", lambda image: backbone(image, training=False),
+      input_signature=[tf.TensorSpec(backbone.input.shape, tf.float32,
+                                     name="image")])
+
+  def representation(images):
+    x = preprocess(images)
+    patches = x.shape[1] if x.shape.rank == 5 else None
+    if patches:
+      x = tf.reshape(x, [-1] + x.shape[2:].as_list())
+    value = tf.cast(backbone(x, training=False)["pre_logits"], tf.float32)
+    if patches:
+      value = tf.reduce_mean(
+          tf.reshape(value, [-1, patches, value.shape[-1]]), axis=1)
+    return {"representation": value}
+
+  archive.add_endpoint(
+      "serving_default", representation,
+      input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8,
+                                     name="images")])
+  archive.write_out(path, verbose=False)
 
 
 def _replace(src, dst):
