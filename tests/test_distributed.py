@@ -17,9 +17,9 @@ of 0.1 on 10 digits, rounding differences (summation order in the
 all-reduce) flip ReLUs and max-pool choices on the digits' flat background
 and grow step by step (measured on ResNet18 v2, Rotation: 1e-5 relative
 after step 1, over 1e-3 after step 2). Patch tasks run with dropout 0 (masks are drawn per replica).
-Exemplar's triplet loss is per replica batch by design (negatives come from
-the replica's own images), so for it only "trains, finite, falling" is
-checked. "Falling" is judged on averages over thirds of each run (24 steps
+Exemplar's triplet loss mines within groups of images (`mining_group`); the
+10-image batch here is smaller than one group, so each replica mines among
+its own images and for it only "trains, finite, falling" is checked. "Falling" is judged on averages over thirds of each run (24 steps
 for Exemplar, whose mined loss is not one smooth objective and follows the
 processor's rounding step by step, and for Jigsaw, whose 100-way loss moves
 slowly): a property of the algorithm, not one trajectory.
@@ -55,16 +55,16 @@ def _free_ports(n):
 
 
 class _Process:
-  """A started `training_runs.py` process with its log."""
+  """A started `training_runs.py` (or `script`) process with its log."""
 
-  def __init__(self, out, name, *args):
+  def __init__(self, out, name, *args, script=SCRIPT):
     self.out = str(out)
     self.log = os.path.join(self.out, f"{name}.log")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     env.pop("TF_CONFIG", None)
     with open(self.log, "w") as log:
       self.proc = subprocess.Popen(
-          [sys.executable, SCRIPT, *args], cwd=ROOT, env=env, stdout=log,
+          [sys.executable, script, *args], cwd=ROOT, env=env, stdout=log,
           stderr=subprocess.STDOUT)
     self._result = None
 
@@ -233,3 +233,62 @@ def test_multi_worker_mirrored_two_local_workers(runs, compare):
   assert results[0]["export"] == os.path.join(workdir, "export")
   assert os.path.exists(os.path.join(workdir, "export", "info.json"))
   assert results[1]["export"] is None
+
+
+# --------------------------------------------------------------------------
+# Batch-norm groups and Exemplar's mining groups (tests/group_runs.py): one
+# global batch on 1 and on 2 replicas, each replica holding whole groups,
+# gives the same loss, gradients and moving statistics, with no cross-replica
+# batch norm.
+
+GROUP_SCRIPT = os.path.join(ROOT, "tests", "group_runs.py")
+GROUPED = ("rotation", "rotation_revnet", "exemplar", "jigsaw")
+
+
+@pytest.fixture(scope="module")
+def group_runs(tmp_path_factory):
+  out = tmp_path_factory.mktemp("groups")
+  proc = _Process(out, "groups", str(out), script=GROUP_SCRIPT)
+  yield proc.wait()
+  proc.stop()
+
+
+def _group_mismatches(proc, case):
+  """Variables/gradients of 1 vs 2 replicas that differ beyond rounding:
+  relative to the value's scale, with a floor of 1% of the largest gradient
+  (a bias before batch norm has a zero gradient: only rounding is left)."""
+  a = proc.npz(f"{case}-default.npz")
+  b = proc.npz(f"{case}-mirrored.npz")
+  assert sorted(a) == sorted(b)
+  largest = max(np.max(np.abs(v)) for k, v in a.items()
+                if k.startswith("grad/"))
+  bad = []
+  for key in a:
+    if key.startswith("spread/") or key == "loss":
+      continue
+    floor = 1e-2 * (largest if key.startswith("grad/") else 1.0)
+    scale = np.max(np.abs(a[key])) + floor
+    if np.max(np.abs(a[key] - b[key])) > 5e-3 * scale:
+      bad.append(key)
+  return a, b, bad
+
+
+@pytest.mark.parametrize("case", GROUPED)
+def test_groups_make_one_and_two_replicas_agree(group_runs, case):
+  a, b, bad = _group_mismatches(group_runs, case)
+  np.testing.assert_allclose(float(b["loss"]), float(a["loss"]), rtol=1e-5)
+  assert any(k.startswith("grad/") for k in a)
+  assert any("moving_mean" in k for k in a)
+  assert any("moving_variance" in k for k in a)
+  assert not bad, bad
+  # Every replica holds the same moving statistics (no synchronised BN).
+  spread = {k: float(v) for k, v in b.items() if k.startswith("spread/")}
+  assert {k: v for k, v in spread.items() if v != 0.0} == {}
+
+
+def test_without_groups_one_and_two_replicas_differ(group_runs):
+  """The control: per-replica statistics see 4 images on one device and 2 on
+  each of two, so the same batch gives another loss and other gradients."""
+  a, b, bad = _group_mismatches(group_runs, "rotation_per_replica")
+  assert abs(float(a["loss"]) - float(b["loss"])) > 1e-4
+  assert any(k.startswith("grad/") for k in bad)

@@ -4,8 +4,7 @@ The paper's SGD protocols (section 3.3, 4.3, 4.7 and supplementary section 2):
 
   linear  softmax regression, SGD momentum 0.9, initial rate 0.1 scaled by
           B/256 (B = 2048 for Rotation/Exemplar as in section 4.7; 1024 for
-          the patch models, whose evaluation batch the paper does not state:
-          it is their pre-training batch),
+          the patch models, supplementary section 2),
           decayed x0.1 twice: first after 30, 120 or 480 epochs (section 4.7;
           480 was best and is the default), then 20 epochs later, and 20 more
           epochs of training after that.
