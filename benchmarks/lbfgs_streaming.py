@@ -7,10 +7,13 @@ child process: in memory (features.read_split, then lbfgs.fit) and streamed
 Reports seconds per iteration and the peak resident memory each child added
 after its libraries were loaded (for the streamed fit: must stay within the
 budget plus the fixed costs: the L-BFGS-B workspace ~25 M C x 8 bytes, P
-M^2 x 4, TensorFlow's runtime buffers).
+M^2 x 4, TensorFlow's runtime buffers). Then a third child evaluates the two
+objectives at one point in turns (--interleaved times each): a per-evaluation
+ratio that a busy machine disturbs less than two fits a minute apart.
 
   python benchmarks/lbfgs_streaming.py
   python benchmarks/lbfgs_streaming.py --dtype float16
+  python benchmarks/lbfgs_streaming.py --interleaved 0   # the fits only
 """
 import argparse
 import json
@@ -36,6 +39,8 @@ def _child(args):
   lbfgs_vs_sklearn._init_tf(args)  # pylint: disable=protected-access
   from selfsup.evaluation import features, lbfgs  # pylint: disable=g-import-not-at-top
   base = _rss_mb()  # now, not the peak: imports' transients peak higher
+  if args.child == "interleaved":
+    return _interleaved(args, features, lbfgs)
   start = time.perf_counter()
   if args.child == "memory":
     x, y = features.read_split(args.cache, "train", verify=False)
@@ -52,6 +57,33 @@ def _child(args):
               objective=result.objective, fit_mb=common.maxrss_mb() - base)
 
 
+def _interleaved(args, features, lbfgs):
+  """Seconds per evaluation of the in-memory and the streamed objective at
+  the same point, evaluated in turns."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  x, y = features.read_split(args.cache, "train", verify=False)
+  source = features.ShardedFeatures(args.cache, "train", verify=False)
+  l2 = lbfgs.default_l2(args.dim, args.num_classes)
+  rows = lbfgs._memory_rows(source, args.budget_mb, 1)  # pylint: disable=protected-access
+  objectives = {
+      "memory": lbfgs.Objective(features.ArrayFeatures(x, y), args.num_classes,
+                                l2, precondition=True),
+      "streamed": lbfgs.Objective(source, args.num_classes, l2,
+                                  precondition=True, chunk_rows=rows)}
+  theta = np.random.default_rng(0).normal(
+      size=objectives["memory"].size) * 0.01
+  seconds = {k: [] for k in objectives}
+  for _ in range(args.interleaved + 1):  # the first is a warm-up
+    for name, objective in objectives.items():
+      start = time.perf_counter()
+      objective(theta)
+      seconds[name].append(time.perf_counter() - start)
+  medians = {k: float(np.median(v[1:])) for k, v in seconds.items()}
+  return dict(medians, ratio=medians["streamed"] / medians["memory"],
+              pair_ratio=float(np.median(np.divide(seconds["streamed"][1:],
+                                                   seconds["memory"][1:]))))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--num_examples", type=int, default=20_000)
@@ -61,6 +93,8 @@ def main():
   parser.add_argument("--max_iter", type=int, default=15)
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--threads", type=int, default=1)
+  parser.add_argument("--interleaved", type=int, default=10,
+                      help="Evaluations of each objective in turns (0: none).")
   parser.add_argument("--json", default="")
   parser.add_argument("--child", default="", help=argparse.SUPPRESS)
   parser.add_argument("--cache", default="", help=argparse.SUPPRESS)
@@ -85,12 +119,14 @@ def main():
     del x
     env = common.child_env(args.threads)
     runs = {}
-    for which in ("memory", "streamed"):
+    for which in ("memory", "streamed") + (
+        ("interleaved",) if args.interleaved else ()):
       argv = [os.path.abspath(__file__), f"--child={which}",
               f"--cache={cache}"] + [
                   f"--{k}={v}" for k, v in vars(args).items()
                   if k not in ("child", "cache", "json")]
       runs[which] = common.run_child(argv, env)
+  inter = runs.pop("interleaved", None)
   mem, st = runs["memory"], runs["streamed"]
   print(f"{args.num_examples} x {args.dim} x {args.num_classes} classes, "
         f"features {features_mb:.0f} MB float32 ({args.dtype} on disk), "
@@ -104,9 +140,14 @@ def main():
   print(f"streamed / in memory: {ratio:.2f}x per iteration; streamed fit "
         f"memory {st['fit_mb']:.0f} MB = budget {args.budget_mb:g} + "
         f"{st['fit_mb'] - args.budget_mb:.0f} MB fixed")
+  if inter:
+    print(f"interleaved, {args.interleaved} evaluations each: in memory "
+          f"{inter['memory']:.3f} s, streamed {inter['streamed']:.3f} s "
+          f"(medians): {inter['ratio']:.2f}x (median of the pairs' ratios "
+          f"{inter['pair_ratio']:.2f}x)")
   common.write_json(args.json, dict(
       benchmark="lbfgs_streaming", args=vars(args), features_mb=features_mb,
-      runs=runs, ratio=ratio,
+      runs=runs, ratio=ratio, interleaved=inter,
       fixed_mb=st["fit_mb"] - args.budget_mb))
 
 

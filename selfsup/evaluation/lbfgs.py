@@ -196,48 +196,55 @@ def _distribute(strategy, array: np.ndarray):
   return strategy.experimental_distribute_values_from_function(value_fn)
 
 
-def _replica_sums(x, y, w, b, batch_size: int, sums=None):
-  """`sums` plus the sum over these examples of the loss and of its gradient.
+def _batch_sums(xb, yb, w, b, loss, grad_w_t, grad_b):
+  """(loss, grad_w^T, grad_b) plus their sums over one batch of examples.
 
-  One pass over the features per evaluation: both matrix products of a batch
-  run while it is in cache, and they are the whole cost (4 * N * M * C
-  flops; the softmax is ~5% of it). The weight gradient is accumulated as
-  [C, M], dlogits^T x: with x row-major that product runs ~25% faster in
-  oneDNN than x^T dlogits ([M, C]). `sums` and the result are (loss,
-  grad_w^T, grad_b), float64; None starts from zero.
+  Both matrix products of a batch run while it is in cache, and they are
+  the whole cost of an evaluation (4 * N * M * C flops; the softmax is ~5%
+  of it). The weight gradient is accumulated as [C, M], dlogits^T x: with
+  x row-major that product runs ~25% faster in oneDNN than x^T dlogits
+  ([M, C]).
   """
-  dim, num_classes = w.shape
+  num_classes = w.shape[1]
+  log_p = tf.nn.log_softmax(tf.matmul(xb, w) + b)
+  # Each example's loss to float64 before the sum: a float32 sum of 4096
+  # losses carries ~1e-7 relative noise, as large as the objective's
+  # change per iteration near the minimum; there it failed L-BFGS-B's line
+  # search (31 evaluations for one iteration, then a restart) on one
+  # rounding path of benchmarks/lbfgs_vs_sklearn.py and not on another.
+  loss -= tf.reduce_sum(tf.cast(tf.gather(log_p, yb, batch_dims=1),
+                                tf.float64))
+  # d CE / d logits = softmax - one_hot: only [batch, C], never [N, C].
+  dlogits = tf.exp(log_p) - tf.one_hot(yb, num_classes, dtype=tf.float32)
+  # float32 within a batch, float64 across batches: a float32 running sum
+  # over a million examples would add noise the line search notices.
+  grad_w_t += tf.cast(tf.matmul(dlogits, xb, transpose_a=True), tf.float64)
+  grad_b += tf.cast(tf.reduce_sum(dlogits, axis=0), tf.float64)
+  return loss, grad_w_t, grad_b
+
+
+def _zero_sums(dim, num_classes):
+  return (tf.zeros([], tf.float64), tf.zeros([num_classes, dim], tf.float64),
+          tf.zeros([num_classes], tf.float64))
+
+
+def _replica_sums(x, y, w, b, batch_size: int, sums=None):
+  """`sums` (None: zeros) plus the sums of `_batch_sums` over these
+  examples, `batch_size` at a time: (loss, grad_w^T, grad_b), float64."""
   n = tf.shape(x)[0]
 
-  def body(start, loss, grad_w_t, grad_b):
-    xb = x[start:start + batch_size]
-    yb = y[start:start + batch_size]
-    log_p = tf.nn.log_softmax(tf.matmul(xb, w) + b)
-    # Each example's loss to float64 before the sum: a float32 sum of 4096
-    # losses carries ~1e-7 relative noise, as large as the objective's
-    # change per iteration near the minimum; there it failed L-BFGS-B's line
-    # search (31 evaluations for one iteration, then a restart) on one
-    # rounding path of benchmarks/lbfgs_vs_sklearn.py and not on another.
-    loss -= tf.reduce_sum(tf.cast(tf.gather(log_p, yb, batch_dims=1),
-                                  tf.float64))
-    # d CE / d logits = softmax - one_hot: only [batch, C], never [N, C].
-    dlogits = tf.exp(log_p) - tf.one_hot(yb, num_classes, dtype=tf.float32)
-    # float32 within a batch, float64 across batches: a float32 running sum
-    # over a million examples would add noise the line search notices.
-    grad_w_t += tf.cast(tf.matmul(dlogits, xb, transpose_a=True), tf.float64)
-    grad_b += tf.cast(tf.reduce_sum(dlogits, axis=0), tf.float64)
-    return start + batch_size, loss, grad_w_t, grad_b
+  def body(start, *sums):
+    batch = slice(start, start + batch_size)
+    return (start + batch_size, *_batch_sums(x[batch], y[batch], w, b, *sums))
 
-  if sums is None:
-    sums = (tf.zeros([], tf.float64), tf.zeros([num_classes, dim], tf.float64),
-            tf.zeros([num_classes], tf.float64))
   # A plain tf.while_loop, not autograph: converting this function took
   # ~0.25 s of the first evaluation, longer than a whole fit on small input.
   # One batch at a time: each batch's matmuls already use every thread, and
   # overlapping iterations (the default 10) only kept more [batch, C]
   # temporaries alive (8 MB of a fit's peak at 20,000 x 2,048 x 100).
   _, *sums = tf.while_loop(lambda start, *_: start < n, body,
-                           (tf.constant(0), *sums), parallel_iterations=1)
+                           (tf.constant(0), *(sums or _zero_sums(*w.shape))),
+                           parallel_iterations=1)
   return tuple(sums)
 
 
@@ -384,7 +391,7 @@ class Objective:
         self._finish, autograph=False,
         input_signature=[tf.TensorSpec([dim, num_classes], tf.float64),
                          *sums_spec])
-    zeros = tuple(tf.zeros(s.shape, s.dtype) for s in sums_spec)
+    zeros = _zero_sums(dim, num_classes)
 
     def value_and_grad(theta):
       w32, b32, w64 = model(theta)
