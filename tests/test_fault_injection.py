@@ -6,9 +6,12 @@ Slow (about two minutes on two cores); CI runs it once:
 
     python -m pytest -q -m slow tests/test_fault_injection.py
 
-As a script it is the feature-export child the test kills:
+As a script it is the feature-export child the test kills, and the
+pretraining child killed inside its N-th final record write (N = 0: not
+killed):
 
     python tests/test_fault_injection.py export EXPORT_DIR OUT_DIR
+    python tests/test_fault_injection.py records WORKDIR N
 """
 # pylint: disable=import-outside-toplevel
 import os
@@ -32,6 +35,9 @@ KILLS = 3
 # end of a shard.
 SHARD_SIZE = 64
 ENDPOINT = "block3"
+# What a pretraining writes at its end (through atomic_write), in order.
+FINAL_RECORDS = ("config.gin", "data.json", "operative_config.gin",
+                 "pretrain_results.json", "info.json")
 
 
 def _env():
@@ -162,6 +168,61 @@ def test_killed_feature_export_resumes_to_identical_shards(tmp_path):
     assert got[name] == want[name], name
 
 
+@pytest.mark.slow
+def test_killed_inside_the_final_records_completes_them(tmp_path):
+  """Killed (SIGKILL) inside each write of the end of a pretraining, after
+  its bytes are on disk and before the rename: the next run completes the
+  records and the export, and counts as finished only then."""
+  import json
+  sys.path.insert(0, ROOT)
+  from selfsup.train import experiment
+  from selfsup.workdir import export as export_lib
+  script = os.path.abspath(__file__)
+  workdir = str(tmp_path / "w")
+  for kill_at in range(1, len(FINAL_RECORDS) + 1):
+    proc = subprocess.run([sys.executable, script, "records", workdir,
+                           str(kill_at)], cwd=ROOT, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          timeout=600, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-3000:]
+  _run([script, "records", workdir, "0"])
+  with open(os.path.join(workdir, experiment.RESULTS)) as f:
+    results = json.load(f)
+  assert results["step"] == 4 and not results.get("already_finished")
+  assert 0 <= results["pretext_eval_start"]["accuracy"] <= 1
+  for name in experiment.RECORDS:
+    assert os.path.exists(os.path.join(workdir, name)), name
+  export_dir = os.path.join(workdir, "export")
+  assert export_lib.load_info(export_dir)["step"] == 4
+  export_lib.verify(export_dir, hashes=True)
+  # Nothing of the killed writes is left beside the records.
+  assert not [n for n in os.listdir(workdir) if n.endswith(".tmp")]
+
+
+def _records(workdir, kill_at):
+  """The child: a 4-step pretraining (resumed if the workdir has one),
+  SIGKILLed inside its `kill_at`-th final record write."""
+  from selfsup.train import Trainer, experiment
+  from selfsup.workdir import sources
+  from tests import training_runs as runs
+  real, count = os.replace, [0]
+
+  def replace(src, dst, *args, **kwargs):
+    if os.path.basename(dst) in FINAL_RECORDS:
+      count[0] += 1
+      if count[0] == kill_at:  # atomic_write's bytes on disk, not renamed
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *args, **kwargs)
+
+  os.replace = replace
+  source = sources.make_source(sources.source_record(
+      "digits", source_kwargs={"image_size": runs.IMAGE_SIZE}))
+  config = runs.config(train_steps=4, seed=1, steps_per_loop=2,
+                       checkpoint_steps=2, eval_split="val", eval_batches=1)
+  experiment.run(Trainer(runs.make_task("rotation"), source, workdir,
+                         config))
+
+
 def _export(export_dir, out_dir):
   """The child: exports ENDPOINT features of the digits' train and val."""
   import selfsup  # noqa: F401  (registers the backbones for loading)
@@ -175,5 +236,7 @@ def _export(export_dir, out_dir):
 if __name__ == "__main__":
   if sys.argv[1] == "export":
     _export(sys.argv[2], sys.argv[3])
+  elif sys.argv[1] == "records":
+    _records(sys.argv[2], int(sys.argv[3]))
   else:
     raise SystemExit(f"unknown mode {sys.argv[1]!r}")

@@ -115,7 +115,7 @@ class WorkdirLock:
                    self.workdir)
       return self
     if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
-      raise NotADirectoryError(errno.ENOTDIR, "Not a directory",
+      raise NotADirectoryError(errno.ENOTDIR, "not a directory",
                                self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)

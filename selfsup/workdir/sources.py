@@ -30,6 +30,10 @@ DATA_RECORD = "data.json"
 CONFIG = "config.gin"
 # The build_source arguments a workdir's config.gin may give evaluation.
 RECORDED_ARGS = ("name", "data_dir", "subset_seed", "source_kwargs")
+# The names config.gin may give build_source (gin's short and module names,
+# and the full path of dynamic registration).
+SELECTORS = ("build_source", "selfsup.build_source",
+             "selfsup.workdir.sources.build_source")
 # Record entries that describe the data rather than say how to build it.
 DESCRIPTIVE = ("contents",)
 # Sources whose data location is a folder (`root`), not a TFDS data_dir.
@@ -143,7 +147,7 @@ def _literal(value):
 def recorded_bindings(workdir):
   """The `build_source` arguments a workdir's config.gin binds ({} if it has
   none), read as data: statements other than unscoped bindings of
-  `build_source` (`selfsup.build_source`) are skipped, and a value that is
+  `build_source` (any of `SELECTORS`) are skipped, and a value that is
   not a literal (a macro, a configurable reference) is skipped with a
   warning. Nothing of the file is executed."""
   path = os.path.join(workdir, CONFIG)
@@ -155,8 +159,7 @@ def recorded_bindings(workdir):
   try:
     for statement in config_parser.ConfigParser(text, _LiteralsOnly()):
       if (not isinstance(statement, config_parser.BindingStatement)
-          or statement.scope or statement.selector not in (
-              "build_source", "selfsup.build_source")
+          or statement.scope or statement.selector not in SELECTORS
           or statement.arg_name not in RECORDED_ARGS):
         continue
       if not _literal(statement.value):
