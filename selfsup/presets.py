@@ -301,8 +301,12 @@ def fetch(name, *, download=None, timeout=60):
       _record(root, name, digest, size, url(name))
     os.replace(part, tarball)
     if os.path.exists(folder):  # a folder without its variables: replace it
-      shutil.rmtree(folder)
-    os.rename(unpacked, folder)
+      shutil.rmtree(folder, ignore_errors=True)
+    try:
+      os.rename(unpacked, folder)
+    except OSError:  # another process put the same module there first
+      if not os.path.exists(os.path.join(folder, _VARIABLES)):
+        raise
   finally:
     for path in (part, unpacked):
       if os.path.isdir(path):
