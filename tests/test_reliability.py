@@ -102,8 +102,10 @@ def test_a_fit_that_is_not_finite_gives_no_score(black_workdir):
   assert after == before  # nothing recorded
 
 
-def test_garbage_results_json_fails_before_the_fit(black_workdir, monkeypatch):
-  path = os.path.join(black_workdir, "results.json")
+@pytest.mark.parametrize("name", ["results.json", "pretrain_results.json"])
+def test_garbage_record_fails_before_the_fit(black_workdir, monkeypatch,
+                                             name):
+  path = os.path.join(black_workdir, name)
   saved = open(path).read() if os.path.exists(path) else None
   with open(path, "w") as f:
     f.write("{not json")

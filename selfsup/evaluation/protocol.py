@@ -200,6 +200,7 @@ def run(workdir, settings: EvalSettings):
   export_dir = settings.export_dir or os.path.join(workdir, "export")
   info = export_lib.load_info(export_dir)
   _read_results(workdir)  # a damaged results.json fails before any work
+  pretext = _pretext_accuracy(workdir)  # so does pretrain_results.json
   for layer in settings.layers:
     if layer not in info["endpoints"]:
       raise checks.ConfigError(
@@ -238,7 +239,7 @@ def run(workdir, settings: EvalSettings):
                          eval_split=settings.eval_split,
                          fraction=settings.fraction,
                          settings=settings.recorded,
-                         pretext=_pretext_accuracy(workdir)))
+                         pretext=pretext))
     print(f"{info['task']} {info['backbone']} {layer} {settings.protocol} on "
           f"{source.name}:{settings.eval_split}: top-1 "
           f"{100 * result['top1']:.2f}% top-5 {100 * result['top5']:.2f}%",
@@ -511,9 +512,14 @@ def _pretext_accuracy(workdir):
   path = os.path.join(workdir, "pretrain_results.json")
   if not tf.io.gfile.exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
-    end = json.load(f).get("pretext_eval_end") or {}
-  return end.get("accuracy")
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      end = json.load(f).get("pretext_eval_end") or {}
+    return end.get("accuracy")
+  except (ValueError, AttributeError, UnicodeDecodeError) as err:
+    raise WorkdirError(f"{path} is not a pretraining record (a JSON object "
+                       f"with pretext_eval_end): {err}. Run bin/pretrain "
+                       "again to rewrite it.") from err
 
 
 def _read_results(workdir):
