@@ -1,7 +1,10 @@
 """The online linear probe: it learns, counts ties against itself, and never
 touches the backbone."""
+import json
+
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import selfsup.models
@@ -76,3 +79,89 @@ def test_unknown_endpoint_is_a_config_error():
     assert "probe_endpoints" in str(err) and "pre_logits" in str(err)
   else:
     raise AssertionError("an unknown endpoint must fail")
+
+
+# --------------------------------------------------------------------------
+# In the trainer.
+
+
+def _trainer(workdir, source=None, **cfg):
+  from selfsup.train import Trainer  # pylint: disable=import-outside-toplevel
+  from tests import training_runs as runs  # pylint: disable=import-outside-toplevel
+  keras.utils.set_random_seed(0)
+  task = runs.make_task("rotation")
+  source = source or runs.digits(runs.FIXED_FRACTION)
+  cfg = dict(dict(train_steps=6, eval_split="val", probe_every=2,
+                  probe_eval_batches=2, sync_batch_norm=False,
+                  checkpoint_steps=2), **cfg)
+  return Trainer(task, source, str(workdir), runs.config(**cfg))
+
+
+def test_probe_does_not_change_training(tmp_path):
+  from tests import training_runs as runs  # pylint: disable=import-outside-toplevel
+  trained = {}
+  for probe in (False, True):
+    trainer = _trainer(tmp_path / str(probe), online_probe=probe)
+    assert (trainer.probe is not None) == probe
+    logs = trainer.train()
+    trained[probe] = runs.weights(trainer.task.modules)
+    if probe:
+      assert "probe/pre_logits/top1" in logs
+      steps = [e["step"] for e in trainer.probe_history.entries]
+      assert steps == [0, 2, 4, 6]
+      record = json.loads((tmp_path / "True" / "online_probe.json")
+                          .read_text())
+      assert record["eval_split"] == "val" and len(record["history"]) == 4
+  for key, value in trained[False].items():
+    np.testing.assert_array_equal(trained[True][key], value, err_msg=key)
+
+
+def test_resumed_run_continues_the_probe_exactly(tmp_path):
+  whole = _trainer(tmp_path / "whole")
+  whole.train()
+  want = whole.probe_history.entries
+  first = _trainer(tmp_path / "split")
+  first.train(max_steps=4)
+  # A killed run: its history file may hold an entry past the checkpoint.
+  first.probe_history.add(5, {"pre_logits": 0.0})
+  second = _trainer(tmp_path / "split")
+  second.restore()
+  assert [e["step"] for e in second.probe_history.entries] == [0, 2, 4]
+  second.train()
+  got = second.probe_history.entries
+  assert [e["step"] for e in got] == [e["step"] for e in want]
+  for a, b in zip(got, want):
+    assert a["top1"]["pre_logits"] == pytest.approx(b["top1"]["pre_logits"],
+                                                     abs=1e-6)
+
+
+class _Unlabelled:
+  """A source whose images have no class labels."""
+  num_classes = None
+
+  def __init__(self, source):
+    self._source = source
+
+  def __getattr__(self, name):
+    return getattr(self._source, name)
+
+
+def test_probe_is_off_without_labels_and_true_requires_them(tmp_path):
+  from tests import training_runs as runs  # pylint: disable=import-outside-toplevel
+  source = _Unlabelled(runs.digits(runs.FIXED_FRACTION))
+  assert _trainer(tmp_path / "a", source=source).probe is None
+  with pytest.raises(selfsup.core.ConfigError, match="online_probe=True"):
+    _trainer(tmp_path / "b", source=source, online_probe=True)
+
+
+def test_every_task_keeps_the_class_labels_for_the_probe():
+  import selfsup.tasks  # pylint: disable=import-outside-toplevel
+  from selfsup.data import make_pipeline  # pylint: disable=import-outside-toplevel
+  from tests import training_runs as runs  # pylint: disable=import-outside-toplevel
+  source = runs.digits(runs.FIXED_FRACTION)
+  for name in selfsup.tasks.TASKS.names():
+    task = runs.make_task(name)
+    ds = make_pipeline(source, "train", task.specs["train"], batch_size=4,
+                       training=True, seed=0,
+                       batch_spec=task.specs["batch"] or None)
+    assert task.class_label_key in ds.element_spec, name

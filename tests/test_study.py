@@ -493,3 +493,30 @@ def test_seeds_pool_into_mean_and_std_with_noise_marks(tmp_path):
   assert "| resnet50_v1 | 41.0 ± 1.0 [38.1] | 41.0 ± 1.0 [39.3] |" in text
   assert "| rotation-revnet50-w4 | 41.0 ± 1.0 | 51.0 ± 1.0 |" in text
   assert "standard error" in text
+
+
+def test_report_draws_the_online_probe_curves(tmp_path):
+  root = str(tmp_path / "root")
+  os.makedirs(root)
+  for seed, offset in enumerate((0.0, 0.02)):
+    for task in ("rotation", "simclr"):
+      name = f"{task}-revnet50-w0.5-s{seed}"
+      _cell(root, name, dict(task=task, backbone="revnet50", width=0.5,
+                             seed=seed), [_entry(0.5)])
+      history = [{"step": s, "top1": {"pre_logits": 0.1 + 0.001 * s + offset}}
+                 for s in (0, 10, 20)]
+      with open(os.path.join(root, name, "pretrain_results.json"), "w") as f:
+        json.dump({"online_probe": {"endpoints": ["pre_logits"],
+                                    "eval_split": "val",
+                                    "history": history}}, f)
+  curves = results.probe_curves(results.load_cells(root))
+  assert [(c["task"], c["n_seeds"]) for c in curves] == [("rotation", 2),
+                                                          ("simclr", 2)]
+  assert curves[0]["steps"] == [0, 10, 20]
+  assert curves[0]["top1"] == pytest.approx([0.11, 0.12, 0.13])
+  assert curves[0]["std"][0] == pytest.approx(0.02 / 2 ** 0.5)
+  out = str(tmp_path / "report")
+  written = report.write_report(root, out)
+  assert os.path.join(out, "fig_probe.png") in written
+  assert "Online linear probe (pre-logits) on val" in open(
+      os.path.join(out, "report.md")).read()

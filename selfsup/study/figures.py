@@ -22,14 +22,48 @@ except ImportError:  # pragma: no cover - exercised without the extra
 TASKS = labels.TASK_ORDER
 
 
-def draw_all(rows, out):
+def draw_all(rows, out, curves=()):
+  """Every figure the rows (and the online probe's `curves`, see
+  results.probe_curves) have data for: [(path, caption)]."""
   if plt is None:
     raise ImportError("the figures need matplotlib: pip install "
                       "'selfsup[study]' (or run bin/report --nofigures).")
   made = []
   for fig in (fig2, fig3, fig4, fig5, fig6, fig7, fig8):
     made += fig(rows, out)
-  return made
+  return made + probe_figure(curves, out)
+
+
+def _task_rank(task):
+  return (TASKS.index(task) if task in TASKS else len(TASKS), task)
+
+
+def probe_figure(curves, out):
+  """The online probe's top-1 against training steps, one panel per width,
+  one curve per task and backbone (mean over seeds, shaded +- std)."""
+  if not curves:
+    return []
+  widths = sorted({c["width"] for c in curves}, key=float)
+  fig, axes = _grid(len(widths))
+  for ax, width in zip(axes, widths):
+    for c in sorted((c for c in curves if c["width"] == width),
+                    key=lambda c: (_task_rank(c["task"]), c["backbone"])):
+      top = [100 * v for v in c["top1"]]
+      line, = ax.plot(c["steps"], top, "-", lw=1.2,
+                      label=f"{c['task']}, {c['backbone']}")
+      if c["n_seeds"] > 1:
+        err = [100 * v for v in c["std"]]
+        ax.fill_between(c["steps"], [t - e for t, e in zip(top, err)],
+                        [t + e for t, e in zip(top, err)],
+                        color=line.get_color(), alpha=0.2)
+    ax.set_title(f"width x{fmt(width)}", fontsize=9)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("online probe top-1 [%]")
+  axes[0].legend(fontsize=6)
+  split = curves[0].get("eval_split")
+  return [_save(fig, out, "fig_probe",
+                f"Online linear probe (pre-logits) on {split} during "
+                "pretraining, mean over seeds")]
 
 
 def _slug(text):

@@ -226,7 +226,8 @@ def build(root, out, figures=True, paper=None):
     # Only the figures need matplotlib (the [study] extra), imported late.
     from selfsup.study import figures as figures_lib
     os.makedirs(out, exist_ok=True)
-    for path, caption in figures_lib.draw_all(rows, out):
+    curves = results_lib.probe_curves(cells)
+    for path, caption in figures_lib.draw_all(rows, out, curves):
       blocks.append(f"## {caption}")
       blocks.append(f"![{caption}]({os.path.basename(path)})")
   header, body = status_table(cells)

@@ -54,6 +54,7 @@ def load_cells(root):
     pretrain = _read_json(os.path.join(cell_dir, "pretrain_results.json"))
     end = (pretrain or {}).get("pretext_eval_end") or {}
     record["pretext"] = end.get("accuracy")
+    record["online_probe"] = (pretrain or {}).get("online_probe")
     if not settings.get("source"):
       settings["source"] = _config_source(cell_dir)
     cells.append(record)
@@ -187,3 +188,38 @@ def beyond_noise(a, b, z=2.0):
   se = (a["top1_std"] ** 2 / a["n_seeds"]
         + b["top1_std"] ** 2 / b["n_seeds"]) ** 0.5
   return abs(a["top1"] - b["top1"]) > z * se
+
+
+def probe_curves(cells, endpoint="pre_logits"):
+  """The online probe's curves: one per (task, backbone, width, option),
+  its seeds pooled: {"task", "backbone", "width", "option", "steps",
+  "top1" (mean per step), "std", "n_seeds", "eval_split"}. Only steps every
+  seed evaluated are kept."""
+  groups = {}
+  for cell in cells:
+    probe = cell.get("online_probe") or {}
+    points = {e["step"]: e["top1"][endpoint]
+              for e in probe.get("history") or []
+              if endpoint in (e.get("top1") or {})}
+    if not points:
+      continue
+    s = cell["settings"]
+    key = (s.get("task"), s.get("backbone"), s.get("width"),
+           s.get("option"), probe.get("eval_split"))
+    groups.setdefault(key, []).append(points)
+  curves = []
+  for (task, backbone, width, option, split), runs in sorted(
+      groups.items(), key=lambda kv: str(kv[0])):
+    steps = sorted(set.intersection(*(set(r) for r in runs)))
+    means, stds = [], []
+    for step in steps:
+      values = [r[step] for r in runs]
+      mean = sum(values) / len(values)
+      var = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+             if len(values) > 1 else 0.0)
+      means.append(mean)
+      stds.append(var ** 0.5)
+    curves.append({"task": task, "backbone": backbone, "width": width,
+                   "option": option, "eval_split": split, "steps": steps,
+                   "top1": means, "std": stds, "n_seeds": len(runs)})
+  return curves

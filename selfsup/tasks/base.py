@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import selfsup.models
 from selfsup.preprocess import specs as specs_lib
+from selfsup.preprocess.pretext_ops import CLASS_LABEL_KEY
 
 
 class Task:
@@ -36,6 +37,9 @@ class Task:
 
   name = None
   patch_based = False
+  # Where a pretext batch keeps the images' class labels (the online probe's
+  # targets); the pretext ops move the source's `label` there.
+  class_label_key = CLASS_LABEL_KEY
 
   def __init__(self, backbone="resnet50_v2", width=4, image_size=224,
                weight_decay=1e-4, backbone_kwargs=None, spec_kwargs=None):

@@ -49,6 +49,7 @@ class Supervised(base.Task):
   """
 
   name = "supervised"
+  class_label_key = "label"  # its pretext labels are the class labels
 
   @classmethod
   def pretext_specs(cls, size=224, color=True):

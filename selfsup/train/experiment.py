@@ -221,6 +221,8 @@ def run(trainer):
   if start is not None:
     results["pretext_eval_start"] = start
   results["final_train_logs"] = trainer.train()
+  if trainer.probe is not None:
+    results["online_probe"] = trainer.probe_history.record()
   if cfg.bn_recalibration_batches:
     results["bn_recalibration_batches"] = trainer.recalibrate_batch_norm(
         cfg.bn_recalibration_batches)

@@ -15,10 +15,12 @@ average over an image's patches for patch tasks (as the evaluation averages
 them). Spatial endpoints are averaged over their positions: the probe is a
 monitor, not the paper's protocol (`bin/linear_eval` is).
 """
+import json
+
 import keras
 import tensorflow as tf
 
-from selfsup.core import checks
+from selfsup.core import checks, files
 
 DEFAULT_ENDPOINTS = ("pre_logits",)
 DEFAULT_LEARNING_RATE = 1e-3
@@ -159,3 +161,41 @@ def feature_dims(backbone, image_shape, endpoints):
         f"TrainConfig.probe_endpoints={tuple(endpoints)!r} is invalid: the "
         f"backbone has no {missing}; expected some of {sorted(out)}.")
   return {e: int(out[e].shape[-1]) for e in endpoints}
+
+
+HISTORY_FILE = "online_probe.json"
+
+
+class ProbeHistory:
+  """The probe's evaluations, kept in `workdir/online_probe.json`.
+
+  Written (atomically, by the chief) before the checkpoint of the same step,
+  so a killed run never loses an entry it has checkpointed past; on resume,
+  entries after the restored step are dropped and made again, so a resumed
+  run reports what an uninterrupted one does.
+  """
+
+  def __init__(self, workdir, endpoints, eval_split, write):
+    self.path = workdir.rstrip("/") + "/" + HISTORY_FILE
+    self.endpoints, self.eval_split, self.write = endpoints, eval_split, write
+    self.entries = []
+
+  def resume(self, step):
+    """Keeps the recorded entries up to `step` (the restored step)."""
+    if not tf.io.gfile.exists(self.path):
+      self.entries = []
+      return
+    with tf.io.gfile.GFile(self.path) as f:
+      record = json.load(f)
+    self.entries = [e for e in record.get("history", [])
+                    if isinstance(e, dict) and e.get("step", step + 1) <= step]
+
+  def add(self, step, top1):
+    self.entries = [e for e in self.entries if e["step"] != step]
+    self.entries.append({"step": int(step), "top1": dict(top1)})
+    if self.write:
+      files.write_json(self.path, self.record(), indent=2)
+
+  def record(self):
+    return {"endpoints": list(self.endpoints), "eval_split": self.eval_split,
+            "history": list(self.entries)}

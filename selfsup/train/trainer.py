@@ -24,6 +24,7 @@ from selfsup.core import schedules
 from selfsup.core.schedules import WarmupCosineDecay, WarmupStepDecay
 from selfsup.train import optimizers
 from selfsup.train import checkpoints, recalibrate
+from selfsup.train import probe as probe_lib
 from selfsup.workdir import export
 
 
@@ -53,6 +54,14 @@ class TrainConfig:
 
   `eval_batches` bounds the pretext evaluation on `eval_split` (before and
   after training, Figure 4); None evaluates the whole split.
+
+  `online_probe` trains a linear classifier on the stop-gradient features
+  of `probe_endpoints` alongside the task (`selfsup.train.probe`; it never
+  changes the backbone) and reports its top-1 on `eval_split` every
+  `probe_every` steps (default: at each checkpoint), on at most
+  `probe_eval_batches` batches. None (default): on when the training batches
+  carry class labels (the source has labels) and there is training to do;
+  True requires the labels; False turns it off.
 
   `bn_recalibration_batches`, if not 0, sets every batch norm's moving
   statistics to their mean over that many training batches once training
@@ -88,6 +97,11 @@ class TrainConfig:
   exclude_from_weight_decay: tuple = ("bias", "gamma", "beta")
   final_lr_factor: float = 0.0
   bn_recalibration_batches: int = 0
+  online_probe: bool = None
+  probe_endpoints: tuple = probe_lib.DEFAULT_ENDPOINTS
+  probe_every: int = None
+  probe_eval_batches: int = None
+  probe_learning_rate: float = probe_lib.DEFAULT_LEARNING_RATE
 
   def __post_init__(self):
     name = lambda field: f"TrainConfig.{field}"  # noqa: E731
@@ -117,6 +131,16 @@ class TrainConfig:
                    optional=True)
     checks.integer(name("bn_recalibration_batches"),
                    self.bn_recalibration_batches, minimum=0)
+    if self.online_probe is not None:
+      checks.boolean(name("online_probe"), self.online_probe)
+    self.probe_endpoints = tuple(checks.sequence(
+        name("probe_endpoints"), self.probe_endpoints, checks.string,
+        allow_empty=False))
+    checks.integer(name("probe_every"), self.probe_every, minimum=1,
+                   optional=True)
+    checks.integer(name("probe_eval_batches"), self.probe_eval_batches,
+                   minimum=1, optional=True)
+    checks.positive(name("probe_learning_rate"), self.probe_learning_rate)
     for flag in ("mixed_precision", "jit_compile", "checkpoint_input",
                  "cache", "sync_batch_norm"):
       checks.boolean(name(flag), getattr(self, flag))
@@ -236,6 +260,10 @@ class Trainer:
       self.optimizer.build(task.trainable_variables)
     self.input_seed = _input_seed(workdir, cfg.seed, write=self.is_chief)
     self._iterator, self._next_batch, trackable = self._make_input()
+    self.probe = self._make_probe()
+    if self.probe is not None:
+      self._log_names = sorted(set(self._log_names)
+                               | set(self.probe.log_names()))
     if cfg.checkpoint_input and not trackable:
       logging.warning(
           "checkpoint_input=True, but the input of %s cannot be checkpointed "
@@ -248,7 +276,7 @@ class Trainer:
         else None, chief=self.is_chief,
         scratch=None if self.is_chief else _worker_scratch(self.strategy,
                                                            workdir),
-        **task.modules)
+        **task.modules, **(self.probe.modules if self.probe else {}))
     self._restored, self._restored_path = False, None
     self._train_loop = tf.function(self._loop)
     # A nested tf.function cannot hold a synchronisation point (the sync-BN
@@ -256,6 +284,62 @@ class Trainer:
     self._grads = (tf.function(self._compute_grads, jit_compile=True)
                    if cfg.jit_compile and replicas == 1
                    else self._compute_grads)
+
+  def _make_probe(self):
+    """The online probe (see TrainConfig), built in the strategy scope, or
+    None when it is off."""
+    cfg, task = self.config, self.task
+    key = task.class_label_key
+    spec = self._train_input(tf.distribute.InputContext()).element_spec
+    has_labels = (key in spec and getattr(self.source, "num_classes", None)
+                  is not None)
+    if cfg.online_probe is None:
+      wanted = has_labels and self.total_steps > 0
+    elif cfg.online_probe and not has_labels:
+      raise checks.ConfigError(
+          f"TrainConfig.online_probe=True is invalid here: the training "
+          f"batches of {task.name!r} on {self.source.name!r} carry no class "
+          f"label {key!r}.")
+    else:
+      wanted = cfg.online_probe
+    if not wanted:
+      return None
+    image_shape = tuple(spec["image"].shape[-3:])
+    with self.strategy.scope():
+      dims = probe_lib.feature_dims(task.backbone, image_shape,
+                                    cfg.probe_endpoints)
+      probe = probe_lib.OnlineProbe(
+          self.source.num_classes, dims, patch_based=task.patch_based,
+          label_key=key, learning_rate=cfg.probe_learning_rate)
+    self.probe_history = probe_lib.ProbeHistory(
+        self.workdir, probe.endpoints, cfg.eval_split, write=self.is_chief)
+    return probe
+
+  def _probe_due(self, end):
+    every = self.config.probe_every or self.config.checkpoint_steps
+    return self.step % every == 0 or self.step >= end
+
+  def _evaluate_probe(self, writer):
+    """The probe's top-1 on eval_split now: logged, summarised, recorded."""
+    cfg = self.config
+    if self.probe is None or not cfg.eval_split:
+      return None
+    dataset = data_lib.make_pipeline(
+        self.source, cfg.eval_split,
+        self.task.evaluation_specs(self.task.image_size)["eval"],
+        batch_size=cfg.batch_size, training=False, seed=0,
+        drop_remainder=False)
+    if cfg.probe_eval_batches:
+      dataset = dataset.take(cfg.probe_eval_batches)
+    top1 = self.probe.evaluate(self.task.backbone, dataset)
+    with writer.as_default(step=self.step):
+      for name, value in top1.items():
+        tf.summary.scalar(f"probe_eval/{name}/top1", value)
+    progress.info("online probe at step %d, top-1 on %s: %s", self.step,
+                  cfg.eval_split, "  ".join(f"{k} {v:.4f}"
+                                            for k, v in top1.items()))
+    self.probe_history.add(self.step, top1)
+    return top1
 
   @property
   def step(self):
@@ -278,7 +362,9 @@ class Trainer:
       self._restored = True
       if self._restored_path:
         progress.info("Resumed from %s at step %d.", self._restored_path,
-                     self.step)
+                      self.step)
+      if self.probe is not None:
+        self.probe_history.resume(self.step)
     return self._restored_path
 
   def _train_input(self, input_context):
@@ -335,6 +421,9 @@ class Trainer:
     # After the update, in the same step: BYOL's target follows the new
     # online weights, and its variables are checkpointed with the step.
     self.task.after_update(self.optimizer.iterations - 1, self.total_steps)
+    if self.probe is not None:  # on the updated backbone, without gradient
+      logs.update(self.probe.train_step(
+          self.task.backbone, batch, self.strategy.num_replicas_in_sync))
     return logs
 
   def _loop(self, iterator, steps):
@@ -360,9 +449,14 @@ class Trainer:
                                                          "train"))
               if self.is_chief else tf.summary.create_noop_writer())
     logs, start_step, start_time = {}, self.step, time.time()
+    if self.probe is not None and self.step == 0 < end:
+      self._evaluate_probe(writer)  # the curve starts at initialisation
+    every = ((cfg.probe_every or cfg.checkpoint_steps) if self.probe
+             else cfg.checkpoint_steps)
     while self.step < end:
       steps = min(cfg.steps_per_loop, end - self.step,
-                  cfg.checkpoint_steps - self.step % cfg.checkpoint_steps)
+                  cfg.checkpoint_steps - self.step % cfg.checkpoint_steps,
+                  every - self.step % every)
       tic = time.time()
       logs = {k: float(v) for k, v in self._train_loop(
           self._iterator, tf.constant(steps)).items()}
@@ -376,6 +470,9 @@ class Trainer:
       logs["learning_rate"] = float(self.schedule(self.step))
       logs["images_per_sec"] = steps * cfg.batch_size / seconds
       self._report(writer, logs, start_step, start_time, end)
+      # Before the checkpoint: a kill in between redoes this step's entry.
+      if self.probe is not None and self._probe_due(end):
+        self._evaluate_probe(writer)
       if self.step % cfg.checkpoint_steps == 0 or self.step >= end:
         self.checkpoint.save(self.step)
     writer.flush()
