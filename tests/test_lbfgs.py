@@ -420,7 +420,7 @@ def test_streamed_and_in_memory_objectives_agree_in_value_and_gradient(
     value, grad = streamed(theta)
     np.testing.assert_allclose(in_memory(theta)[0], value, rtol=1e-6)
     np.testing.assert_allclose(in_memory(theta)[1], grad, rtol=1e-4,
-                               atol=1e-6)
+                               atol=1e-5)
     w, b = in_memory.unpack(theta)
     np.testing.assert_allclose(in_memory.pack(w, b), theta, rtol=1e-4,
                                atol=1e-6)

@@ -595,7 +595,7 @@ class FeatureSource:
     raise NotImplementedError
 
   def num_chunks(self, rows: int) -> int:
-    raise NotImplementedError
+    return -(-self.num_examples // rows)
 
   def chunks(self, rows: int, prefetch: int = 1, recycle: bool = False):
     raise NotImplementedError
@@ -627,8 +627,6 @@ class ArrayFeatures(FeatureSource):
   def chunk_bytes(self, rows: int, prefetch: int = 1) -> int:
     return 0  # views of memory already held
 
-  def num_chunks(self, rows: int) -> int:
-    return -(-self.num_examples // rows)
 
   def chunks(self, rows: int, prefetch: int = 1, recycle: bool = False):
     _check_chunking(rows, prefetch)
@@ -666,8 +664,6 @@ class ShardedFeatures(FeatureSource):
     """Peak bytes of the chunks alive while iterating `chunks(rows)`."""
     return rows * ((prefetch + 2) * 4 * self.dim + record_bytes(self.meta))
 
-  def num_chunks(self, rows: int) -> int:
-    return _layout(self.meta).num_chunks(self._counts, rows)
 
   def chunks(self, rows: int, prefetch: int = 1, recycle: bool = False):
     """Yields (features [<= rows, dim] float32, 64-byte aligned, labels

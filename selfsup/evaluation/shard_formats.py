@@ -90,8 +90,8 @@ class _Raw:
 
   def chunks(self, paths, counts, rows, dim, dtype, error, recycle=0):
     """Yields (features [<= rows, dim] float32 aligned, labels int64) in
-    order; chunks do not straddle shards. Read without parsing: one read
-    into a buffer, one strided conversion.
+    order, `rows` at a time across shards (only the last chunk is short).
+    Read without parsing: one read into a buffer, one strided conversion.
 
     `recycle` > 0 reuses that many feature buffers in turn (and one read
     buffer): a chunk's memory is overwritten `recycle` chunks later. Fresh
@@ -104,29 +104,21 @@ class _Raw:
     width = dim * store.itemsize
     ring = [host.aligned_empty((rows, dim)) for _ in range(recycle)]
     record_buf = np.empty(rows * rec, np.uint8) if recycle else None
-    produced = 0
-    for path, count in zip(paths, counts):
-      left = count
-      with _open(path) as f:
-        while left:
-          take = min(rows, left)
-          buf = _read(f, take * rec, record_buf)
-          if len(buf) != take * rec:
-            raise error(f"Shard {path} ended early: the metadata lists "
-                        f"{count} examples.")
-          records = buf.reshape(take, rec)
-          x = (ring[produced % recycle][:take] if recycle
-               else host.aligned_empty((take, dim)))
-          x[...] = records[:, :width].view(store)
-          y = records[:, width:].copy().view("<i8").reshape(take)
-          del buf, records
-          left -= take
-          produced += 1
-          yield x, y
-
-  def num_chunks(self, counts, rows):
-    return sum(-(-n // rows) for n in counts)
-
+    records = _records(paths, counts, rec, error)
+    next(records)
+    total = sum(counts)
+    try:
+      for produced, start in enumerate(range(0, total, rows)):
+        take = min(rows, total - start)
+        buf = (record_buf[:take * rec] if recycle
+               else np.empty(take * rec, np.uint8)).reshape(take, rec)
+        records.send(buf.reshape(-1))
+        x = (ring[produced % recycle][:take] if recycle
+             else host.aligned_empty((take, dim)))
+        x[...] = buf[:, :width].view(store)
+        yield x, buf[:, width:].copy().view("<i8").reshape(take)
+    finally:
+      records.close()  # the open shard
 
 class _TFRecord:
   """One `tf.train.Example` per example (v1 caches)."""
@@ -205,10 +197,6 @@ class _TFRecord:
     if have:
       yield _float32_copy(np.concatenate(parts_x)), np.concatenate(parts_y)
 
-  def num_chunks(self, counts, rows):
-    return -(-sum(counts) // rows)
-
-
 def _open(path):
   """A local file through Python's own io (it has `readinto`), else gfile."""
   if "://" in path:
@@ -216,14 +204,39 @@ def _open(path):
   return open(path, "rb")  # pylint: disable=consider-using-with
 
 
-def _read(f, size, out=None) -> np.ndarray:
-  """Up to `size` bytes of `f` as uint8, into `out` where given and `f` can
-  (no fresh buffer), else a new array over the bytes read."""
-  if out is not None and hasattr(f, "readinto"):
-    view = out[:size]
-    got = f.readinto(memoryview(view))
-    return view[:got]
-  return np.frombuffer(f.read(size), np.uint8)
+def _records(paths, counts, rec, error):
+  """A coroutine that fills each buffer sent to it with the next whole
+  records of the shards, in order, across shard ends."""
+  shards = iter(zip(paths, counts))
+  f, path, count, left = None, None, 0, 0
+  try:
+    buf = yield
+    while True:
+      filled = 0
+      while filled < len(buf):
+        if not left:
+          if f is not None:
+            f.close()
+          path, count = next(shards)
+          f, left = _open(path), count
+        n = min(left * rec, len(buf) - filled)
+        if _read_into(f, buf[filled:filled + n]) != n:
+          raise error(f"Shard {path} ended early: the metadata lists {count} "
+                      f"examples.")
+        filled, left = filled + n, left - n // rec
+      buf = yield
+  finally:
+    if f is not None:
+      f.close()
+
+
+def _read_into(f, out: np.ndarray) -> int:
+  """Reads up to len(out) bytes of `f` into `out`; how many it read."""
+  if hasattr(f, "readinto"):
+    return f.readinto(memoryview(out))
+  data = f.read(len(out))
+  out[:len(data)] = np.frombuffer(data, np.uint8)
+  return len(data)
 
 
 def _example(features: np.ndarray, label: int) -> bytes:
