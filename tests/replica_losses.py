@@ -71,8 +71,38 @@ def main(out):
     results[name] = {"loss": [float(loss), float(m_loss)],
                      "grad": [grad.numpy().tolist(), m_grad.numpy().tolist()],
                      "replicas": strategy.num_replicas_in_sync}
+  results["lars"] = _lars_step(strategy, w0, rng)
   with open(out, "w") as f:
     json.dump(results, f)
+
+
+def _lars_step(strategy, w0, rng):
+  """One LARS update from two replicas' gradients (summed by the optimizer)
+  against one device's update from their sum."""
+  from selfsup.train import LARS
+  grads = [rng.normal(size=w0.shape).astype(np.float32) for _ in range(2)]
+  kwargs = dict(momentum=0.9, weight_decay=0.01, eeta=0.002)
+  single = tf.Variable(w0)
+  LARS(0.5, **kwargs).apply_gradients([(grads[0] + grads[1], single)])
+  with strategy.scope():
+    import keras  # pylint: disable=g-import-not-at-top
+    mirrored = keras.Variable(w0)
+    opt = LARS(0.5, **kwargs)
+    opt.build([mirrored])
+
+  stacked = tf.constant(np.stack(grads))
+
+  @tf.function
+  def apply():
+    def step():
+      i = tf.distribute.get_replica_context().replica_id_in_sync_group
+      opt.apply_gradients([(tf.gather(stacked, i), mirrored)])
+    strategy.run(step)
+
+  apply()
+  values = strategy.experimental_local_results(mirrored.value)
+  return {"single": single.numpy().tolist(),
+          "replicas": [v.numpy().tolist() for v in values]}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """NT-Xent and Barlow Twins on 2 replicas (MirroredStrategy over 2 logical
 CPUs, in a fresh process: tests/replica_losses.py) give the loss and the
-gradients of 1 replica with the whole batch."""
+gradients of 1 replica with the whole batch; LARS on 2 replicas makes the
+one-device update."""
 import json
 import os
 import subprocess
@@ -36,3 +37,11 @@ def test_two_replicas_compute_the_global_batch(results, loss):
   g1, g2 = (np.asarray(g) for g in run["grad"])
   assert np.abs(g1).max() > 1e-3  # a real gradient, not zeros
   np.testing.assert_allclose(g2, g1, rtol=1e-4, atol=1e-6)
+
+
+def test_lars_on_two_replicas_applies_the_summed_gradient(results):
+  single = np.asarray(results["lars"]["single"])
+  replicas = [np.asarray(r) for r in results["lars"]["replicas"]]
+  assert len(replicas) == 2
+  for value in replicas:
+    np.testing.assert_allclose(value, single, rtol=1e-5, atol=1e-6)

@@ -75,12 +75,12 @@ class LARS(keras.optimizers.Optimizer):
   def decays(self, variable):
     """Whether `variable` gets the weight decay."""
     return bool(self.lars_weight_decay) and not _matches(
-        self.exclude_from_weight_decay_patterns, variable.path)
+        self.exclude_from_weight_decay_patterns, _path(variable))
 
   def adapts(self, variable):
     """Whether `variable`'s rate is scaled by the trust ratio."""
     return not _matches(self.exclude_from_layer_adaptation_patterns,
-                        variable.path)
+                        _path(variable))
 
   def update_step(self, gradient, variable, learning_rate):
     index = self._get_variable_index(variable)
@@ -131,6 +131,11 @@ def _patterns(name, value):
       raise checks.ConfigError(f"{name}: {pattern!r} is not a regular "
                                f"expression ({err}).") from None
   return tuple(value)
+
+
+def _path(variable):
+  # A plain tf.Variable has a name but no Keras path.
+  return getattr(variable, "path", None) or variable.name
 
 
 def _matches(patterns, path):
