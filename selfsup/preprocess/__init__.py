@@ -16,6 +16,9 @@ float32. Pretext ops (`rotate`, `jigsaw`, `relative_patch_location`,
 or, in the efficient format the ready-made specs use, keep the 9 patches and
 leave the permuting/pairing of their embeddings to the model
 (`permute_patches`, `pair_patches`). `specs` has the paper's pipelines.
+`augment_ops` has the augmentations of SimCLR, BYOL and Barlow Twins
+(`random_resized_crop`, `color_jitter`, `random_grayscale`, `gaussian_blur`,
+`solarize`) and `two_views`, which makes their pair of views.
 
 Random ops use stateless randomness: with a per-example `_seed` in the
 features the output is a deterministic function of the input; without one
