@@ -8,7 +8,8 @@ Submodules are imported on first use so that `import selfsup` stays cheap
 (no TensorFlow until something needs it, which is what lets the commands
 send TensorFlow's start-up output to their log files): `selfsup.models`,
 `selfsup.preprocess`, `selfsup.data`, `selfsup.tasks`, `selfsup.train`,
-`selfsup.evaluation`, and `selfsup.Representation`.
+`selfsup.evaluation`, `selfsup.Representation` and
+`selfsup.ImagePreprocessor`.
 
 Each Keras class registers itself with `keras.saving` where it is defined.
 Keras finds a saved model's selfsup classes once their modules are imported:
@@ -33,10 +34,12 @@ from selfsup.version import __version__  # noqa: E402
 
 _SUBMODULES = ("core", "models", "preprocess", "data", "tasks", "workdir",
                "train", "evaluation")
-_ATTRIBUTES = {"Representation": "selfsup.representation"}
+_ATTRIBUTES = {"Representation": "selfsup.representation",
+               "ImagePreprocessor": "selfsup.preprocessor"}
 # The modules that define (and so register) selfsup's Keras classes.
 _KERAS_MODULES = ("selfsup.models", "selfsup.representation",
-                  "selfsup.core.schedules")
+                  "selfsup.preprocessor", "selfsup.core.schedules",
+                  "selfsup.train.optimizers")
 
 
 def register_keras_classes():

@@ -59,9 +59,10 @@ class TrainConfig:
   of `probe_endpoints` alongside the task (`selfsup.train.probe`; it never
   changes the backbone) and reports its top-1 on `eval_split` every
   `probe_every` steps (default: at each checkpoint), on at most
-  `probe_eval_batches` batches. None (default): on when the training batches
-  carry class labels (the source has labels) and there is training to do;
-  True requires the labels; False turns it off.
+  `probe_eval_batches` batches (default: `eval_batches`). None (default):
+  on when the training batches carry class labels (the source has labels)
+  and there is training to do; True requires the labels; False turns it
+  off.
 
   `bn_recalibration_batches`, if not 0, sets every batch norm's moving
   statistics to their mean over that many training batches once training
@@ -329,8 +330,9 @@ class Trainer:
         self.task.evaluation_specs(self.task.image_size)["eval"],
         batch_size=cfg.batch_size, training=False, seed=0,
         drop_remainder=False)
-    if cfg.probe_eval_batches:
-      dataset = dataset.take(cfg.probe_eval_batches)
+    bound = cfg.probe_eval_batches or cfg.eval_batches
+    if bound:
+      dataset = dataset.take(bound)
     top1 = self.probe.evaluate(self.task.backbone, dataset)
     with writer.as_default(step=self.step):
       for name, value in top1.items():
