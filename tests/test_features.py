@@ -274,7 +274,7 @@ def test_v2_storage_round_trip(tmp_path, shard_format, dtype):
   ds_x = np.concatenate([b.numpy() for b, _ in F.dataset(str(tmp_path),
                                                          "train", 16)])
   np.testing.assert_array_equal(ds_x, expected)
-  # Chunks of 5 rows (shards of 8: chunks never straddle them), read ahead.
+  # Chunks of 5 rows (across the shards of 8), read ahead.
   source = F.ShardedFeatures(str(tmp_path), "train")
   chunks = list(source.chunks(5, prefetch=2))
   assert max(len(c[1]) for c in chunks) == 5

@@ -372,33 +372,46 @@ class Objective:
     return value_and_grad
 
   def _streamed(self):
-    """theta -> (value, gradient), reading the source once per call."""
+    """theta -> (value, gradient), reading the source once per call.
+
+    The model's parameters and the running sums are variables, so that a
+    chunk's call passes only the chunk: a call with the parameters and sums
+    as arguments cost ~1 ms of CPU more (argument handling and fresh
+    800 KB outputs), 10% of a streamed evaluation at 1,023-row chunks.
+    """
     dim, num_classes = self.dim, self.num_classes
-    model = tf.function(self.coordinates.model,
-                        input_signature=[self._theta_spec()], autograph=False)
-    sums_spec = [tf.TensorSpec([], tf.float64),
-                 tf.TensorSpec([num_classes, dim], tf.float64),
-                 tf.TensorSpec([num_classes], tf.float64)]
-    params_spec = [tf.TensorSpec([dim, num_classes], tf.float32),
-                   tf.TensorSpec([num_classes], tf.float32)]
-    chunk_sums = tf.function(
-        lambda x, y, w32, b32, *sums: _replica_sums(
-            x, y, w32, b32, self._batch_size, sums),
-        input_signature=[tf.TensorSpec([None, dim], tf.float32),
-                         tf.TensorSpec([None], tf.int32), *params_spec,
-                         *sums_spec], autograph=False)
-    finish = tf.function(
-        self._finish, autograph=False,
-        input_signature=[tf.TensorSpec([dim, num_classes], tf.float64),
-                         *sums_spec])
-    zeros = _zero_sums(dim, num_classes)
+    params = [tf.Variable(tf.zeros([dim, num_classes]), trainable=False),
+              tf.Variable(tf.zeros([num_classes]), trainable=False)]
+    sums = [tf.Variable(t, trainable=False)
+            for t in _zero_sums(dim, num_classes)]
+
+    @tf.function(input_signature=[self._theta_spec()], autograph=False)
+    def start(theta):
+      w32, b32, w64 = self.coordinates.model(theta)
+      params[0].assign(w32)
+      params[1].assign(b32)
+      for total in sums:
+        total.assign(tf.zeros_like(total))
+      return w64
+
+    @tf.function(input_signature=[tf.TensorSpec([None, dim], tf.float32),
+                                  tf.TensorSpec([None], tf.int32)],
+                 autograph=False)
+    def add_chunk(x, y):
+      chunk = _replica_sums(x, y, params[0], params[1], self._batch_size)
+      for total, value in zip(sums, chunk):
+        total.assign_add(value)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([dim, num_classes], tf.float64)], autograph=False)
+    def finish(w64):
+      return self._finish(w64, *[total.read_value() for total in sums])
 
     def value_and_grad(theta):
-      w32, b32, w64 = model(theta)
-      sums = zeros
+      w64 = start(theta)
       for x, y in self._placed_chunks():
-        sums = chunk_sums(x, y, w32, b32, *sums)
-      return finish(w64, *sums)
+        add_chunk(x, y)
+      return finish(w64)
 
     return value_and_grad
 
