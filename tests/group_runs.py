@@ -111,6 +111,8 @@ def main(out_dir):
   cpus = tf.config.list_physical_devices("CPU")
   tf.config.set_logical_device_configuration(
       cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+  tf.config.optimizer.set_experimental_options(
+      {"disable_meta_optimizer": True})  # tiny graphs: rewrites cost time
   strategies = {
       "default": tf.distribute.get_strategy(),
       "mirrored": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
