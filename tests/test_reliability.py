@@ -48,8 +48,8 @@ def test_sgd_topk_counts_ties_and_nan_against_the_model():
   import keras  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from selfsup.evaluation import sgd  # pylint: disable=import-outside-toplevel
-  inputs = sgd._Inputs(key="features", input_dim=2,  # pylint: disable=protected-access
-                       features_of=lambda x: x)
+  # pylint: disable-next=protected-access
+  inputs = sgd._Inputs(key="features", input_dim=2, features_of=lambda x: x)
   model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(
       6, kernel_initializer="zeros", bias_initializer="zeros")])
   data = tf.data.Dataset.from_tensor_slices(
@@ -129,7 +129,8 @@ def test_evaluations_running_together_keep_every_entry(tmp_path, monkeypatch):
     slow_write(*args, **kwargs)
 
   monkeypatch.setattr(protocol.files, "atomic_write", write)
-  threads = [threading.Thread(target=protocol._record,  # pylint: disable=protected-access
+  record = protocol._record  # pylint: disable=protected-access
+  threads = [threading.Thread(target=record,
                               args=(str(tmp_path), [{"key": str(i)}]))
              for i in range(4)]
   for t in threads:

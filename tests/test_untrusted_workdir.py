@@ -71,6 +71,7 @@ def test_linear_eval_runs_nothing_of_the_workdir_and_gives_no_nan_score(
   assert "top-1" not in proc.stdout
 
 
+@pytest.mark.slow  # the lock itself: tests/test_reliability.py
 def test_second_pretrain_is_refused_while_the_workdir_is_held(tmp_path):
   workdir = tmp_path / "w"
   holder = _holder(workdir)

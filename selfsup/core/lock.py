@@ -14,8 +14,9 @@ it when its process dies, however it dies, so a stale lock of a killed run
 never blocks the next one; the file itself stays (emptied by a holder
 that ends normally). The exclusive holder writes its pid, host and command
 into the file and each shared holder into its own file in
-`selfsup.lock.d/`, so that a refusal names who holds the workdir. Remote workdirs (gs://, ...) cannot be locked: a warning says so
-and the command runs unlocked. Imports no TensorFlow.
+`selfsup.lock.d/`, so that a refusal names who holds the workdir. Remote
+workdirs (gs://, ...) cannot be locked: a warning says so and the command
+runs unlocked. Imports no TensorFlow.
 """
 import contextlib
 import errno
