@@ -12,9 +12,13 @@ checkpoints, TensorBoard summaries, the export (export/: the backbone for
 selfsup-linear-eval and selfsup.Representation) and pretrain.log. Bad
 settings and known failures end with one `error:` line and exit status 1
 (`--verbosity=1` shows the traceback). Re-running a finished workdir changes
-nothing. The workdir is locked while this runs: a second pretraining or an
-evaluation there is refused with a line naming this one.
+nothing. The workdir is locked while this runs (by the chief alone in a
+multi-worker run): a second pretraining or an evaluation there is refused
+with a line naming this one.
 """
+import contextlib
+import json
+import os
 import sys
 
 from absl import flags
@@ -72,7 +76,10 @@ def main(argv):
       sys.exit("error: --workdir is required (where checkpoints, summaries "
                "and the exported backbone go).")
     # Held from before the start-up cleanup to after the last record.
-    with lock.WorkdirLock(FLAGS.workdir, "pretrain"):
+    # The other workers of a multi-worker run share the chief's workdir and
+    # write nothing there but their own scratch: only the chief locks it.
+    with (lock.WorkdirLock(FLAGS.workdir, "pretrain") if _chief()
+          else contextlib.nullcontext()):
       trainer = experiment.prepare(FLAGS.workdir, source=source,
                                    tpu=FLAGS.tpu, strategy_kind=FLAGS.strategy)
       if experiment.finished_results(trainer) is None:  # else nothing changes
@@ -93,6 +100,20 @@ def main(argv):
         f"{start.get('accuracy', float('nan')):.3f} -> "
         f"{end.get('accuracy', float('nan')):.3f}; export: "
         f"{results['export']}")
+
+
+def _chief():
+  """Whether this process is the chief of its cluster (TF_CONFIG), or alone
+  (as `selfsup.train.trainer` decides which worker writes)."""
+  try:
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    cluster, task = config.get("cluster") or {}, config.get("task") or {}
+  except (ValueError, AttributeError):
+    return True
+  kind, index = task.get("type"), task.get("index", 0)
+  if not cluster or kind in (None, "chief"):
+    return True
+  return kind == "worker" and index == 0 and "chief" not in cluster
 
 
 def run():
