@@ -121,6 +121,31 @@ def test_garbage_record_fails_before_the_fit(black_workdir, monkeypatch,
         f.write(saved)
 
 
+def test_export_rewritten_during_the_evaluation_is_refused(black_workdir,
+                                                          monkeypatch):
+  """A pretraining re-exporting (step 8) while the features of step 4 are
+  computed: no entry labels one model's features with the other's step."""
+  path = os.path.join(black_workdir, "export", "info.json")
+  with open(path) as f:
+    original = f.read()
+  real = protocol.extract.export_features
+
+  def reexported(*args, **kwargs):
+    out = real(*args, **kwargs)
+    info = dict(json.loads(original), weights_sha256="0" * 64, step=8)
+    with open(path, "w") as f:
+      json.dump(info, f)
+    return out
+
+  monkeypatch.setattr(protocol.extract, "export_features", reexported)
+  try:
+    with pytest.raises(errors.WorkdirError, match="changed during the eval"):
+      protocol.linear_eval(black_workdir, max_iter=5)
+  finally:
+    with open(path, "w") as f:
+      f.write(original)
+
+
 def test_evaluations_running_together_keep_every_entry(tmp_path, monkeypatch):
   slow_write = protocol.files.atomic_write
 
