@@ -7,8 +7,8 @@ untouched), and prints one table and a verdict.
     bin/demo [TASK] [WORKDIR] [--data=fashion_mnist|digits] [--download]
     selfsup-demo ...          (the same, installed from a wheel)
 
-TASK: rotation (default), exemplar, jigsaw, relative_patch_location,
-supervised. WORKDIR: default $TMPDIR/selfsup_demo. Data: Fashion-MNIST by
+TASK: rotation (default), exemplar, relative_patch_location, jigsaw,
+simclr, byol, barlow_twins, supervised. WORKDIR: default $TMPDIR/selfsup_demo. Data: Fashion-MNIST by
 default (apt-get install dataset-fashion-mnist, or --download with internet);
 the embedded digits when it is not installed, saying so, or with
 --data=digits. Writes WORKDIR/demo.json (top-1 as fractions) and
@@ -26,8 +26,9 @@ from selfsup.core import files
 from selfsup.study import labels
 from selfsup.core import lock
 
-# The tasks the demo has recipes for (gin/demo.gin), in the study's order.
-TASKS = labels.PRETEXT_TASKS + ("supervised",)
+# Every task: its gin file, then gin/demo.gin's laptop settings (and the
+# data's), in the study's order.
+TASKS = labels.PRETEXT_TASKS + labels.METHODS + ("supervised",)
 LAYERS = ("block1", "block2", "block3", "block4", "pre_logits")
 # Per data set: the pretraining gin files (after the task's), and the linear
 # evaluation: trained on `fraction` of `train_split`, scored on `eval_split`.
