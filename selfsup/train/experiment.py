@@ -182,8 +182,9 @@ def _pretext_start(trainer):
   """The pretext evaluation before training: measured at step 0 (and kept
   in the workdir), read back when the run resumes later."""
   path = os.path.join(trainer.workdir, PRETEXT_START)
-  if trainer.step > 0:
-    return _read_json(path)
+  if trainer.step > 0:  # a workdir of an older version kept it only here
+    return _read_json(path) or (_read_json(os.path.join(
+        trainer.workdir, RESULTS)) or {}).get("pretext_eval_start")
   start = trainer.evaluate(trainer.config.eval_split)
   if trainer.is_chief:
     files.write_json(path, start, indent=2)
