@@ -470,14 +470,15 @@ def _check_export_unchanged(ctx):
   computed. The export's info.json is removed before its files are
   replaced and written after, so an unchanged hash means unchanged
   weights."""
-  try:
-    now = export_lib.fingerprint(ctx.export_dir)
+  try:  # info.json alone: cheap, even for exports without weights_sha256
+    now = export_lib.load_info(ctx.export_dir)
   except FileNotFoundError:
     now = None
-  if now is None or now["weights_sha256"] != ctx.export["weights_sha256"]:
+  if now is None or any(now.get(k) != ctx.info.get(k)
+                        for k in ("weights_sha256", "step")):
     raise WorkdirError(
         f"The export {ctx.export_dir} changed during the evaluation (now: "
-        f"{'incomplete' if now is None else 'step %s' % now['step']}; it "
+        f"{'incomplete' if now is None else 'step %s' % now.get('step')}; it "
         f"started at step {ctx.export['step']}): its features may mix two "
         "models. Run linear_eval again once the pretraining ends.")
 
