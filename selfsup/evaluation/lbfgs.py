@@ -45,6 +45,8 @@ import tensorflow as tf
 
 import threadpoolctl
 
+from selfsup.core import checks
+from selfsup.core import errors
 from selfsup.evaluation import coordinates
 from selfsup.evaluation import features
 from selfsup.evaluation import host
@@ -134,7 +136,8 @@ def _check_finite(x: np.ndarray, name: str, first_row: int = 0):
     finite = np.isfinite(x[start:start + rows]).all(axis=1)
     if not finite.all():
       row = first_row + start + int(np.argmin(finite))
-      raise ValueError(f"{name} must be finite; row {row} holds NaN or inf.")
+      raise errors.DataError(f"{name} must be finite; row {row} holds NaN "
+                             f"or inf.")
 
 
 def _check_features(x, name: str, dim: Optional[int] = None) -> np.ndarray:
@@ -146,8 +149,8 @@ def _check_features(x, name: str, dim: Optional[int] = None) -> np.ndarray:
 
 def _check_label_range(low, high, num_classes: int, name: str):
   if low < 0 or high >= num_classes:
-    raise ValueError(f"{name} must lie in [0, {num_classes}), got values in "
-                     f"[{low}, {high}].")
+    raise errors.DataError(f"{name} must lie in [0, {num_classes}), got "
+                           f"values in [{low}, {high}].")
 
 
 def _check_labels(y, num_examples: int, num_classes: int, name: str,
@@ -435,8 +438,9 @@ def _memory_rows(source, memory_budget_mb: float, prefetch: int) -> int:
   per_row = source.chunk_bytes(1, prefetch)
   rows = int(memory_budget_mb * 2**20 // max(per_row, 1))
   if rows < 1:
-    raise ValueError(f"memory_budget_mb={memory_budget_mb} holds no chunk of "
-                     f"one row ({per_row} bytes with prefetch {prefetch}).")
+    raise checks.ConfigError(
+        f"memory_budget_mb={memory_budget_mb} holds no chunk of one row "
+        f"({per_row} bytes with prefetch {prefetch}).")
   return min(rows, source.num_examples)
 
 
@@ -496,8 +500,9 @@ def fit(train_x, train_y, num_classes: int, *, l2: Optional[float] = None,
     A `LogisticRegressionResult`.
 
   Raises:
-    ValueError: on empty, misshaped or non-finite input, labels out of range,
-      or a non-positive setting.
+    selfsup.core.errors.DataError (a ValueError): non-finite features or
+      labels out of range (what a damaged or mismatched cache gives).
+    ValueError: empty or misshaped input, or a non-positive setting.
   """
   if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
     raise ValueError(f"num_classes must be an integer >= 2, got "
