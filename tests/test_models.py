@@ -448,12 +448,13 @@ def test_grouped_batch_norm_equals_per_group_batch_norm_by_hand(shape):
       atol=1e-4)
 
 
-def test_grouped_batch_norm_under_tf_function_with_unknown_batch():
+@pytest.mark.parametrize("shape", [(4, 3), (4, 2, 2, 3)])
+def test_grouped_batch_norm_under_tf_function_with_unknown_batch(shape):
   from selfsup.models import norm  # pylint: disable=g-import-not-at-top
   layer = norm.make("bn", group_size=2)
-  x = np.random.default_rng(1).normal(size=(4, 3)).astype("float32")
+  x = np.random.default_rng(1).normal(size=shape).astype("float32")
   fn = tf.function(lambda t: layer(t, training=True),
-                   input_signature=[tf.TensorSpec([None, 3])])
+                   input_signature=[tf.TensorSpec((None,) + shape[1:])])
   np.testing.assert_allclose(fn(x), _by_hand(x, 2, layer.epsilon),
                              rtol=1e-4, atol=1e-4)
   with pytest.raises(tf.errors.InvalidArgumentError, match="bn_group_size"):
