@@ -29,7 +29,10 @@ def test_task_config_includes_the_shared_defaults(task, tmp_path,
     assert gin.query_parameter("build_source.name") == "imagenet2012"
     assert gin.query_parameter("build_task.weight_decay") == 1e-4
     assert gin.query_parameter("TrainConfig.base_lr") == 0.1
-    assert gin.query_parameter("TrainConfig.eval_split") == "val"
+    # Supervised trains on trainval, which holds val: it is scored on the
+    # official validation set.
+    assert gin.query_parameter("TrainConfig.eval_split") == (
+        "official_val" if task == "supervised" else "val")
     epochs = gin.query_parameter("TrainConfig.epochs")
     assert epochs == (90 if task == "supervised" else 35)
     assert "Path not found" not in caplog.text

@@ -46,8 +46,10 @@ def test_grid_expansion_and_names():
       spec_lib.RANDOM_INIT_PARAMS)
   assert "TrainConfig.bn_recalibration_batches = 60" in params
   assert "TrainConfig.train_steps = 0" in params  # weights untouched
-  assert ('build_task.backbone_kwargs = {"skip_connections": False}'
-          in cell.pretrain["params"])
+  # The option replaces the gin files' kwargs but keeps the task's
+  # batch-norm group size.
+  assert ('build_task.backbone_kwargs = {"skip_connections": False, '
+          '"bn_group_size": %BN_GROUP_SIZE}' in cell.pretrain["params"])
   # lbfgs x 2 fractions + sgd_linear x 2 fractions x 2 schedules
   labels = [e["label"] for e in cell.evals]
   assert labels == ["lbfgs", "lbfgs-f0.1", "sgd_linear-sgdfirst30",

@@ -1,4 +1,6 @@
-"""Low-data subsets: the same fraction of every class of the training splits.
+"""Low-data subsets: a fraction of the training splits, exactly per class
+where a source lists its labels (folders, digits), and per example by a keyed
+hash for TFDS sources (every class at the same rate only in expectation).
 
 The paper evaluates on 10% and 5% of ImageNet and Places205. A subset is drawn
 by ranking examples on a keyed hash of their name: the same seed gives the same

@@ -86,7 +86,9 @@ def study(name=gin.REQUIRED, tasks=gin.REQUIRED, backbones=gin.REQUIRED,
         {"skip_connections": False}}; a non-empty label is part of the name.
       backbone_kwargs: kwargs shared by every cell. When any backbone kwarg
         is set, `build_task.backbone_kwargs` is bound and replaces the one
-        of the gin files, so restate theirs here (e.g. bn_momentum).
+        of the gin files, so restate theirs here (e.g. bn_momentum); the
+        task file's batch-norm group size (%BN_GROUP_SIZE) is kept unless
+        `bn_group_size` is given.
       seeds: `TrainConfig.seed` values (None: the gin files' seed).
       baselines: a subset of BASELINES, one cell per backbone and width.
       random_init_task: whose model the random-init baseline exports.
@@ -291,6 +293,17 @@ def expand(spec):
   return cells
 
 
+def _backbone_kwargs(kwargs):
+  """The binding's dict: `kwargs`, keeping the task file's batch-norm group
+  size (the BN_GROUP_SIZE macro of gin/common/pretraining.gin) unless
+  `kwargs` sets one."""
+  text = lit(kwargs)
+  if "bn_group_size" in kwargs:
+    return text
+  return text[:-1] + (", " if kwargs else "") + (
+      '"bn_group_size": %BN_GROUP_SIZE}')
+
+
 def _pretrain_args(spec, settings):
   task, kind = settings["task"], settings["kind"]
   task_file = spec.random_init_task if kind == "random_init" else task
@@ -303,7 +316,7 @@ def _pretrain_args(spec, settings):
   if settings["representation_size"]:
     kwargs["representation_size"] = settings["representation_size"]
   if kwargs or spec.backbone_kwargs is not None:
-    params.append(f"build_task.backbone_kwargs = {lit(kwargs)}")
+    params.append(f"build_task.backbone_kwargs = {_backbone_kwargs(kwargs)}")
   if settings["seed"] is not None:
     params.append(f"TrainConfig.seed = {lit(settings['seed'])}")
   if kind == "random_init":
