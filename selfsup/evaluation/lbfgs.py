@@ -7,7 +7,8 @@ L-BFGS-B with its default parameters, at most 800 iterations, minimising
 
 with W of shape [M, C] (M = feature size, C = classes), the bias b not
 penalised, and lambda = 100 / (M * C) by default. The data term is the MEAN
-cross-entropy over the N training examples, not the sum.
+cross-entropy over the N training examples, not the sum: an interpretation,
+since the paper writes out only the penalty (docs/paper_vs_code.md, 7e).
 
 scikit-learn's `LogisticRegression(solver="lbfgs")` (1.9) minimises
 C * sum_i CE_i + 0.5 * ||W||^2 (it divides by C * N internally), with the
