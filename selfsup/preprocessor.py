@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from selfsup.preprocess import registry as spec_registry
+from selfsup.core.checks import ConfigError
 
 # Ops that only take one image [H, W, C]: run image by image (tf.map_fn).
 _PER_IMAGE_OPS = ("crop_patches", "inception_crop")
@@ -54,21 +55,21 @@ def parse_spec(spec):
   never encoded bytes)."""
   if isinstance(spec, dict):
     if "eval" not in spec:
-      raise ValueError(f"spec={spec!r} is not valid: expected a spec string or "
-                       "a specs dict with an 'eval' entry (info.json's "
-                       "eval_specs).")
+      raise ConfigError(f"spec={spec!r} is not valid: expected a spec string or "
+                        "a specs dict with an 'eval' entry (info.json's "
+                        "eval_specs).")
     spec = spec["eval"]
   if not isinstance(spec, str):
-    raise ValueError(f"spec={spec!r} is not valid: expected a preprocessing "
-                     "spec string such as info.json's eval_specs['eval'].")
+    raise ConfigError(f"spec={spec!r} is not valid: expected a preprocessing "
+                      "spec string such as info.json's eval_specs['eval'].")
   spec_registry.get(spec, training=False)  # one clear error for a bad spec
   ops = []
   for text in spec_registry._split_ops(spec) if spec.strip() else []:  # pylint: disable=protected-access
     name, args, kwargs = spec_registry._parse_op(text)  # pylint: disable=protected-access
     if name in _PRETEXT_OPS:
-      raise ValueError(f"spec={spec!r} is not valid for a Representation: op "
-                       f"{name!r} makes pretext examples; give the evaluation "
-                       "spec (info.json's eval_specs['eval']).")
+      raise ConfigError(f"spec={spec!r} is not valid for a Representation: op "
+                        f"{name!r} makes pretext examples; give the evaluation "
+                        "spec (info.json's eval_specs['eval']).")
     if name != "decode":
       ops.append((name, args, kwargs, spec_registry.get(text, training=False)))
   return spec, ops
@@ -112,8 +113,8 @@ def to_rgb(x):
   if channels == 3:
     return x
   if channels is not None:
-    raise ValueError(f"Representation expects 1, 3 or 4 channels (gray, "
-                     f"RGB, RGBA), got shape {x.shape}.")
+    raise ConfigError(f"Representation expects 1, 3 or 4 channels (gray, "
+                      f"RGB, RGBA), got shape {x.shape}.")
   count = tf.shape(x)[-1]
   check = tf.debugging.Assert(
       tf.reduce_any(tf.equal(count, [1, 3, 4])),
@@ -156,8 +157,8 @@ def portable_resize(x, size, rounded):
 def _central(x, size):
   height, width = x.shape[-3], x.shape[-2]
   if height < size[0] or width < size[1]:
-    raise ValueError(f"cannot crop {size[0]}x{size[1]} out of images of "
-                     f"shape {x.shape}")
+    raise ConfigError(f"cannot crop {size[0]}x{size[1]} out of images of "
+                      f"shape {x.shape}")
   y, z = (height - size[0]) // 2, (width - size[1]) // 2
   return x[..., y:y + size[0], z:z + size[1], :]
 
@@ -222,15 +223,15 @@ class ImagePreprocessor(keras.layers.Layer):
     kwargs.setdefault("trainable", False)
     super().__init__(**kwargs)
     if not isinstance(portable, bool):
-      raise ValueError(f"portable={portable!r} is not valid: expected True "
-                       "(TFLite/XLA at a fixed size) or False.")
+      raise ConfigError(f"portable={portable!r} is not valid: expected True "
+                        "(TFLite/XLA at a fixed size) or False.")
     self.spec, self._ops = parse_spec(spec)
     if portable:
       odd = [name for name, *_ in self._ops if name not in _PORTABLE_OPS]
       if odd:
-        raise ValueError(f"spec={self.spec!r} is not valid with portable=True:"
-                         f" ops {odd} have no portable form (it knows "
-                         f"{_PORTABLE_OPS}).")
+        raise ConfigError(f"spec={self.spec!r} is not valid with portable=True:"
+                          f" ops {odd} have no portable form (it knows "
+                          f"{_PORTABLE_OPS}).")
     self.portable = portable
     self.check_range = bool(check_range)
     self.patch_based = any(op[0] == "crop_patches" for op in self._ops)
@@ -246,8 +247,8 @@ class ImagePreprocessor(keras.layers.Layer):
     if single:  # one image, e.g. in tf.data before batching
       x = x[None]
     if x.shape.rank != 4:
-      raise ValueError(f"Representation expects a batch of images [batch, "
-                       f"height, width, channels], got shape {x.shape}.")
+      raise ConfigError(f"Representation expects a batch of images [batch, "
+                        f"height, width, channels], got shape {x.shape}.")
     if x.dtype != tf.uint8 and self.check_range:
       warn_unit_range(x)
     rounded = x.dtype == tf.uint8
@@ -275,7 +276,7 @@ class ImagePreprocessor(keras.layers.Layer):
 
   def _portable(self, x, rounded):
     if x.shape[1] is None or x.shape[2] is None:
-      raise ValueError(
+      raise ConfigError(
           f"portable=True needs images of a fixed size, got shape {x.shape}: "
           "build the model on keras.Input((height, width, 3)) with both "
           "known.")

@@ -35,6 +35,7 @@ import tensorflow as tf
 import selfsup.models  # noqa: F401  (registers the backbones' classes)
 from selfsup.core import pooling as pooling_lib
 from selfsup import preprocessor as preprocessor_lib
+from selfsup.core.checks import ConfigError
 
 # This module is imported when Keras is (see selfsup/__init__.py), possibly
 # while another selfsup module is half imported: the evaluation and export
@@ -85,30 +86,30 @@ class Representation(keras.layers.Layer):
       backbone = keras.saving.deserialize_keras_object(backbone)
     if not (isinstance(backbone, keras.Model)
             and isinstance(backbone.output, dict)):
-      raise ValueError(f"backbone={backbone!r} is not valid: expected a "
-                       "selfsup backbone (a keras.Model whose output is a dict "
-                       "of endpoints), e.g. selfsup.models.get(...) or an "
-                       "export's backbone.keras.")
+      raise ConfigError(f"backbone={backbone!r} is not valid: expected a "
+                        "selfsup backbone (a keras.Model whose output is a dict "
+                        "of endpoints), e.g. selfsup.models.get(...) or an "
+                        "export's backbone.keras.")
     endpoints = list(backbone.output)
     if endpoint not in endpoints:
-      raise ValueError(f"endpoint={endpoint!r} is not valid: expected one of "
-                       f"the backbone's endpoints {endpoints}.")
+      raise ConfigError(f"endpoint={endpoint!r} is not valid: expected one of "
+                        f"the backbone's endpoints {endpoints}.")
     if pooling not in POOLINGS:
-      raise ValueError(f"pooling={pooling!r} is not valid: expected one of "
-                       f"{POOLINGS}.")
+      raise ConfigError(f"pooling={pooling!r} is not valid: expected one of "
+                        f"{POOLINGS}.")
     if batch_norm not in BATCH_NORM:
-      raise ValueError(f"batch_norm={batch_norm!r} is not valid: expected one "
-                       f"of {BATCH_NORM}.")
+      raise ConfigError(f"batch_norm={batch_norm!r} is not valid: expected one "
+                        f"of {BATCH_NORM}.")
     if not isinstance(weight_decay, bool):
-      raise ValueError(f"weight_decay={weight_decay!r} is not valid: expected "
-                       "True (keep the backbone's L2 penalties) or False.")
+      raise ConfigError(f"weight_decay={weight_decay!r} is not valid: expected "
+                        "True (keep the backbone's L2 penalties) or False.")
     if (not isinstance(max_features, int) or isinstance(max_features, bool)
         or max_features < 1):
-      raise ValueError(f"max_features={max_features!r} is not valid: expected "
-                       "a positive integer.")
+      raise ConfigError(f"max_features={max_features!r} is not valid: expected "
+                        "a positive integer.")
     if grid_rule not in GRID_RULES:
-      raise ValueError(f"grid_rule={grid_rule!r} is not valid: expected one "
-                       f"of {GRID_RULES}.")
+      raise ConfigError(f"grid_rule={grid_rule!r} is not valid: expected one "
+                        f"of {GRID_RULES}.")
     self.preprocessor = preprocessor_lib.ImagePreprocessor(
         spec, portable=portable, name="preprocessor")
     self.spec = self.preprocessor.spec
@@ -176,8 +177,8 @@ class Representation(keras.layers.Layer):
     (default 224; 64, the patch side, for patch tasks)."""
     import selfsup.tasks
     if task not in selfsup.tasks.TASKS:
-      raise ValueError(f"task={task!r} is not valid: expected one of "
-                       f"{selfsup.tasks.TASKS.names()}.")
+      raise ConfigError(f"task={task!r} is not valid: expected one of "
+                        f"{selfsup.tasks.TASKS.names()}.")
     task_class = selfsup.tasks.TASKS.lookup(task)[0]
     size = image_size or (64 if task_class.patch_based else 224)
     backbone_kwargs = dict(backbone_kwargs or {})
@@ -214,8 +215,8 @@ class Representation(keras.layers.Layer):
     inputs: [B, S, S, 3], or [B, 9, p, p, 3] for patch models."""
     x = tf.convert_to_tensor(images)
     if x.shape.rank != 4:
-      raise ValueError(f"Representation expects a batch of images [batch, "
-                       f"height, width, channels], got shape {x.shape}.")
+      raise ConfigError(f"Representation expects a batch of images [batch, "
+                        f"height, width, channels], got shape {x.shape}.")
     return self.preprocessor(x)
 
   def build(self, input_shape=None):

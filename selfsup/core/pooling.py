@@ -30,6 +30,7 @@ import math
 import tensorflow as tf
 
 from selfsup.core import checks
+from selfsup.core.checks import ConfigError
 
 # Bump when the output of `pool` changes for any input (see the docstring).
 VERSION = 1
@@ -79,8 +80,8 @@ def pool(x, max_features=MAX_FEATURES, rule=DEFAULT_RULE):
   """[B, H, W, C] -> [B, features] float, as `rule` says (module docstring)."""
   _, h, w, c = x.shape
   if h is None or w is None or c is None:
-    raise ValueError(f"pooling needs a static spatial size and channel count, "
-                     f"got shape {x.shape}.")
+    raise ConfigError(f"pooling needs a static spatial size and channel count, "
+                      f"got shape {x.shape}.")
   rows_n, cols_n = grid_size(h, w, c, max_features, rule)
   if (rows_n, cols_n) == (h, w):
     return tf.reshape(x, [-1, h * w * c])

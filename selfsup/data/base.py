@@ -27,7 +27,7 @@ class Source(abc.ABC):
     """Raises ValueError unless `split` is one of `self.splits`."""
     if split not in self.splits:
       raise ConfigError(f"Unknown split {split!r} for source {self.name!r}; "
-                       f"choose one of {self.splits}.")
+                        f"choose one of {self.splits}.")
 
   def num_examples(self, split):
     """How many examples one pass of `dataset(split)` yields, all shards."""

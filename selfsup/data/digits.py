@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from selfsup.core.errors import MissingDependencyError
 from selfsup.data import base
+from selfsup.core.checks import ConfigError
 
 # Fraction of each class held out as the evaluation split.
 _VAL_FRACTION = 0.2
@@ -76,7 +77,7 @@ class Digits(base.IndexedSource):
 
   def __init__(self, image_size=32):
     if int(image_size) < 8:
-      raise ValueError(f"digits: image_size must be >= 8, got {image_size!r}.")
+      raise ConfigError(f"digits: image_size must be >= 8, got {image_size!r}.")
     self.image_size = int(image_size)
     raw, self._labels = _load_digits()
     self._images = render(raw, self.image_size)

@@ -23,6 +23,7 @@ import tensorflow as tf
 from selfsup.core import errors
 from selfsup.data import base
 from selfsup.data import decode
+from selfsup.core.checks import ConfigError
 
 SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {
@@ -93,7 +94,7 @@ def write_idx(path, array):
   """Writes a uint8 array as an IDX file; gzipped when `path` ends in .gz."""
   array = np.asarray(array)
   if array.dtype != np.uint8:
-    raise ValueError(f"write_idx: expected a uint8 array, got {array.dtype}.")
+    raise ConfigError(f"write_idx: expected a uint8 array, got {array.dtype}.")
   raw = (bytes([0, 0, _UBYTE, array.ndim])
          + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
   if path.endswith(".gz"):
@@ -278,8 +279,8 @@ class FashionMNIST(base.IndexedSource):
   def __init__(self, data_dir=None, *, image_size=None, holdout=10_000,
                download=False):
     if image_size is not None and int(image_size) < 1:
-      raise ValueError(f"fashion_mnist: image_size must be a positive side "
-                       f"or None, got {image_size!r}.")
+      raise ConfigError(f"fashion_mnist: image_size must be a positive side "
+                        f"or None, got {image_size!r}.")
     self.image_size = None if image_size is None else int(image_size)
     self.data_dir = self._locate(data_dir, download)
     paths, _ = _find_files(self.data_dir)
@@ -291,7 +292,7 @@ class FashionMNIST(base.IndexedSource):
           paths[f"{part}_images"], paths[f"{part}_labels"], self.num_classes)
     n_train = len(self._labels["train"])
     if not 0 < int(holdout) < n_train:
-      raise ValueError(f"fashion_mnist: holdout must be in [1, {n_train}) "
+      raise ConfigError(f"fashion_mnist: holdout must be in [1, {n_train}) "
                        f"(the training images), got {holdout!r}.")
     self.holdout = int(holdout)
     self._keys = {part: content_keys(self._images[part], self._labels[part])

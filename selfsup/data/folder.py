@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from selfsup.data import base
 from selfsup.data import decode
+from selfsup.core.checks import ConfigError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -125,7 +126,7 @@ class ImageFolder(base.IndexedSource):
     self.num_classes = len(self.class_names)
     if num_classes is not None:
       if self.num_classes > num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"{name}: found {self.num_classes} class folders under "
             f"{self.root!r}, more than the dataset's {num_classes}.")
       if self.num_classes < num_classes:
@@ -200,7 +201,7 @@ class ImageFolder(base.IndexedSource):
       keys, labels = self._folder_entries(folder)
       if part is not None:
         if self.holdout >= len(keys):
-          raise ValueError(
+          raise ConfigError(
               f"{self.name}: holdout={self.holdout} leaves no training "
               f"images out of the {len(keys)} in {folder!r}.")
         held = np.zeros(len(keys), bool)

@@ -117,10 +117,10 @@ class TFDSSource(base.Source):
     _check_feature(features, label_key, tfds.features.ClassLabel, tfds_name)
     if key_feature not in features:
       raise ConfigError(f"{tfds_name} has no feature {key_feature!r} to name "
-                       f"examples by; its features: {sorted(features)}.")
+                        f"examples by; its features: {sorted(features)}.")
     if image_size is not None and int(image_size) < 1:
       raise ConfigError(f"{name}: image_size must be a positive side or None, "
-                       f"got {image_size!r}.")
+                        f"got {image_size!r}.")
     self.num_classes = features[label_key].num_classes
     self.key_feature = key_feature
     self.image_key = image_key
@@ -139,7 +139,7 @@ class TFDSSource(base.Source):
       start, end, _ = slice(start, end).indices(total)
       if end <= start:
         raise ConfigError(f"{name}: split {split!r} = {tfds_split}[{start}:"
-                         f"{end}] is empty ({tfds_split} has {total} images).")
+                          f"{end}] is empty ({tfds_split} has {total} images).")
       self._ranges[split] = (tfds_split, start, end)
     self.splits = tuple(self._ranges)
 
@@ -202,8 +202,8 @@ def _check_feature(features, key, kind, tfds_name):
   if key not in features or not isinstance(features[key], kind):
     found = {k: type(v).__name__ for k, v in features.items()}
     raise ConfigError(f"{tfds_name}: expected a {kind.__name__} feature "
-                     f"{key!r}; its features are {found}. Pass image_key= / "
-                     "label_key= to name them.")
+                      f"{key!r}; its features are {found}. Pass image_key= / "
+                      "label_key= to name them.")
 
 
 def imagenet2012(data_dir=None, *, holdout=50_000, version=None,
@@ -278,18 +278,18 @@ def tfds_dataset(dataset, data_dir=None, *, holdout=None, image_size=None,
   """
   if not isinstance(dataset, str) or not dataset:
     raise ConfigError(f"tfds: dataset must be a TFDS name such as 'cifar10', "
-                     f"got {dataset!r}.")
+                      f"got {dataset!r}.")
   builder = _builder(dataset, data_dir, version, download=bool(download))
   available = builder.info.splits
   if "train" not in available:
     raise ConfigError(f"{dataset} has no TFDS split 'train' to hold `val` out "
-                     f"of; its splits: {sorted(available)}.")
+                      f"of; its splits: {sorted(available)}.")
   n_train = available["train"].num_examples
   if holdout is None:
     holdout = max(1, int(round(0.1 * n_train)))
   if not 0 < int(holdout) < n_train:
     raise ConfigError(f"{dataset}: holdout must be in [1, {n_train}) (the "
-                     f"TFDS train split), got {holdout!r}.")
+                      f"TFDS train split), got {holdout!r}.")
   holdout = int(holdout)
   ranges = {"train": ("train", holdout, None), "val": ("train", 0, holdout),
             "trainval": ("train", None, None)}

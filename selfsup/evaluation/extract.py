@@ -22,6 +22,7 @@ from selfsup.evaluation import features as features_lib
 from selfsup.evaluation import host
 from selfsup.preprocess import get as get_spec
 from selfsup.workdir import export as export_lib
+from selfsup.core.checks import ConfigError
 
 MAX_FEATURES = pooling.MAX_FEATURES
 # Batches of features computed ahead of the writer.
@@ -47,19 +48,19 @@ def representations(backbone, images, endpoints, max_features=MAX_FEATURES,
       else images
   out = backbone(flat, training=False)
   if not isinstance(out, dict):
-    raise ValueError(f"backbone must return a dict of named endpoints, got "
-                     f"{type(out).__name__}.")
+    raise ConfigError(f"backbone must return a dict of named endpoints, got "
+                      f"{type(out).__name__}.")
   reps = {}
   for endpoint in endpoints:
     if endpoint not in out:
-      raise ValueError(f"endpoint={endpoint!r} is not an output of the "
-                       f"backbone: expected one of {sorted(out)}.")
+      raise ConfigError(f"endpoint={endpoint!r} is not an output of the "
+                        f"backbone: expected one of {sorted(out)}.")
     value = tf.cast(out[endpoint], tf.float32)
     if value.shape.rank == 4:
       value = pooling.pool(value, max_features, rule)
     elif value.shape.rank != 2:
-      raise ValueError(f"endpoint {endpoint!r} has rank {value.shape.rank}: "
-                       "expected [batch, features] or [batch, h, w, c].")
+      raise ConfigError(f"endpoint {endpoint!r} has rank {value.shape.rank}: "
+                        "expected [batch, features] or [batch, h, w, c].")
     if patches:
       value = tf.reduce_mean(
           tf.reshape(value, [-1, images.shape[1], value.shape[-1]]), axis=1)
@@ -92,7 +93,7 @@ class FeatureExtractor:
     self.single = isinstance(endpoints, str)
     self.endpoints = (endpoints,) if self.single else tuple(endpoints)
     if not self.endpoints:
-      raise ValueError("endpoints must name at least one endpoint.")
+      raise ConfigError("endpoints must name at least one endpoint.")
     self.max_features = max_features
     self._traced = {}
 
@@ -145,10 +146,10 @@ class FeatureExtractor:
       out_dirs = {self.endpoint: out_dirs}
     unknown = sorted(set(out_dirs) - set(self.endpoints))
     if unknown:
-      raise ValueError(f"out_dirs names endpoints {unknown} this extractor "
-                       f"does not compute: expected some of {self.endpoints}.")
+      raise ConfigError(f"out_dirs names endpoints {unknown} this extractor "
+                        f"does not compute: expected some of {self.endpoints}.")
     if source.num_examples(split) == 0:
-      raise ValueError(f"Split {split!r} of {source.name!r} is empty.")
+      raise ConfigError(f"Split {split!r} of {source.name!r} is empty.")
     logging.info("Exporting %s features of %s:%s (%d images) in one pass.",
                  ", ".join(out_dirs), source.name, split,
                  source.num_examples(split))
@@ -285,13 +286,13 @@ def export_features(export_dir, source, splits, out_dir, *, endpoint,
   endpoints = (endpoint,) if single else tuple(endpoint)
   out_dirs = {endpoint: out_dir} if single else dict(out_dir)
   if set(out_dirs) != set(endpoints):
-    raise ValueError(f"out_dir must map each endpoint {endpoints} to a "
-                     f"folder, got {sorted(out_dirs)}.")
+    raise ConfigError(f"out_dir must map each endpoint {endpoints} to a "
+                      f"folder, got {sorted(out_dirs)}.")
   for name in endpoints:
     if name not in info["endpoints"]:
-      raise ValueError(f"endpoint={name!r} is not an endpoint of the "
-                       f"exported {info['backbone']}: expected one of "
-                       f"{info['endpoints']}.")
+      raise ConfigError(f"endpoint={name!r} is not an endpoint of the "
+                        f"exported {info['backbone']}: expected one of "
+                        f"{info['endpoints']}.")
   backbone = export_lib.load_backbone(export_dir)
   backbone.trainable = False  # frozen: evaluation never updates it
   extractor = FeatureExtractor(backbone, endpoints, max_features,

@@ -48,6 +48,7 @@ from selfsup.core import errors
 from selfsup.core import files
 from selfsup.evaluation import host
 from selfsup.evaluation import shard_formats
+from selfsup.core.checks import ConfigError
 
 FORMAT = "selfsup-features-v1"
 FORMAT_V2 = "selfsup-features-v2"
@@ -336,28 +337,28 @@ def _skip(batches, count: int):
     yield x[count:], y[count:]
     count = 0
   if count:
-    raise ValueError(f"batches ended {count} examples short of those already "
-                     f"written: they must yield the same examples every run.")
+    raise ConfigError(f"batches ended {count} examples short of those already "
+                      f"written: they must yield the same examples every run.")
 
 
 def _check_storage(dtype, shard_format):
   if dtype not in DTYPES:
-    raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
+    raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
   if shard_format not in SHARD_FORMATS:
-    raise ValueError(f"shard_format must be one of {SHARD_FORMATS}, got "
-                     f"{shard_format!r}.")
+    raise ConfigError(f"shard_format must be one of {SHARD_FORMATS}, got "
+                      f"{shard_format!r}.")
 
 
 def _checked(x, y, dim):
   x, y = np.asarray(x), np.asarray(y)
   if x.ndim != 2 or y.shape != x.shape[:1]:
-    raise ValueError(f"Each batch must be (features [b, d], labels [b]), got "
-                     f"shapes {x.shape} and {y.shape}.")
+    raise ConfigError(f"Each batch must be (features [b, d], labels [b]), got "
+                      f"shapes {x.shape} and {y.shape}.")
   if dim is not None and x.shape[1] != dim:
-    raise ValueError(f"Batch features have dimension {x.shape[1]}, expected "
-                     f"{dim} like the shards before.")
+    raise ConfigError(f"Batch features have dimension {x.shape[1]}, expected "
+                      f"{dim} like the shards before.")
   if not np.issubdtype(y.dtype, np.integer):
-    raise ValueError(f"Labels must be integers, got dtype {y.dtype}.")
+    raise ConfigError(f"Labels must be integers, got dtype {y.dtype}.")
   return x, y.astype("<i8", copy=False)
 
 
@@ -395,10 +396,10 @@ def write_split(out_dir: str, split: str,
     The split's metadata, as written to `<out_dir>/<split>.json`.
   """
   if not split or "/" in split:
-    raise ValueError(f"split must be a non-empty name without '/', got "
-                     f"{split!r}.")
+    raise ConfigError(f"split must be a non-empty name without '/', got "
+                      f"{split!r}.")
   if shard_size < 1:
-    raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
+    raise ConfigError(f"shard_size must be >= 1, got {shard_size}.")
   _check_storage(dtype, shard_format)
   store = _np_dtype(dtype)
   tf.io.gfile.makedirs(out_dir)
@@ -467,7 +468,7 @@ def write_split(out_dir: str, split: str,
       if tf.io.gfile.exists(tmp):
         tf.io.gfile.remove(tmp)
   if meta["num_examples"] == 0:
-    raise ValueError(f"batches for split {split!r} yielded no examples.")
+    raise ConfigError(f"batches for split {split!r} yielded no examples.")
   meta["complete"] = True
   files.write_json(metadata_path(out_dir, split), meta)
   return meta
@@ -603,8 +604,8 @@ class FeatureSource:
 
 def _check_chunking(rows, prefetch):
   if rows < 1 or prefetch < 0:
-    raise ValueError(f"rows must be >= 1 and prefetch >= 0, got {rows} and "
-                     f"{prefetch}.")
+    raise ConfigError(f"rows must be >= 1 and prefetch >= 0, got {rows} and "
+                      f"{prefetch}.")
 
 
 class ArrayFeatures(FeatureSource):
@@ -618,8 +619,8 @@ class ArrayFeatures(FeatureSource):
   def __init__(self, x: np.ndarray, y: np.ndarray, *, x_name: str = "x",
                y_name: str = "y"):
     if x.ndim != 2 or y.shape != x.shape[:1]:
-      raise ValueError(f"{x_name} and {y_name} must be [N, M] and [N], got "
-                       f"shapes {x.shape} and {y.shape}.")
+      raise ConfigError(f"{x_name} and {y_name} must be [N, M] and [N], got "
+                        f"shapes {x.shape} and {y.shape}.")
     self.x, self.y = x, y
     self.num_examples, self.dim = x.shape
     self.x_name, self.y_name = x_name, y_name

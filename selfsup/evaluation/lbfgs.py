@@ -51,6 +51,7 @@ from selfsup.core import errors
 from selfsup.evaluation import coordinates
 from selfsup.evaluation import features
 from selfsup.evaluation import host
+from selfsup.core.checks import ConfigError
 
 DEFAULT_MAX_ITER = 800
 DEFAULT_BATCH_SIZE = 4096
@@ -115,17 +116,17 @@ def _as_features(x, name: str, dim: Optional[int] = None) -> np.ndarray:
   raises; finiteness is checked where the values are read."""
   x = np.asarray(x)
   if x.ndim != 2:
-    raise ValueError(f"{name} must be 2-D [examples, features], got shape "
-                     f"{x.shape}.")
+    raise ConfigError(f"{name} must be 2-D [examples, features], got shape "
+                      f"{x.shape}.")
   if not np.issubdtype(x.dtype, np.floating):
-    raise ValueError(f"{name} must hold floating point values, got dtype "
-                     f"{x.dtype}.")
+    raise ConfigError(f"{name} must hold floating point values, got dtype "
+                      f"{x.dtype}.")
   if x.shape[0] == 0 or x.shape[1] == 0:
-    raise ValueError(f"{name} must have at least one example and one feature, "
-                     f"got shape {x.shape}.")
+    raise ConfigError(f"{name} must have at least one example and one feature, "
+                      f"got shape {x.shape}.")
   if dim is not None and x.shape[1] != dim:
-    raise ValueError(f"{name} must have {dim} features (as the fitted model), "
-                     f"got shape {x.shape}.")
+    raise ConfigError(f"{name} must have {dim} features (as the fitted model), "
+                      f"got shape {x.shape}.")
   return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -159,10 +160,10 @@ def _check_labels(y, num_examples: int, num_classes: int, name: str,
   """Returns `y` as int32 [N], or raises."""
   y = np.asarray(y)
   if y.shape != (num_examples,):
-    raise ValueError(f"{name} must have shape ({num_examples},) to match the "
-                     f"features, got {y.shape}.")
+    raise ConfigError(f"{name} must have shape ({num_examples},) to match the "
+                      f"features, got {y.shape}.")
   if not np.issubdtype(y.dtype, np.integer):
-    raise ValueError(f"{name} must hold integers, got dtype {y.dtype}.")
+    raise ConfigError(f"{name} must hold integers, got dtype {y.dtype}.")
   if check_range:
     _check_label_range(int(y.min()), int(y.max()), num_classes, name)
   return y.astype(np.int32)
@@ -307,8 +308,8 @@ class Objective:
     resident = source.resident and source.num_chunks(self.chunk_rows) == 1
     if not resident and not isinstance(
         self._strategy, type(tf.distribute.get_strategy())):
-      raise ValueError("Streamed features support the default strategy "
-                       f"only; got {type(self._strategy).__name__}.")
+      raise ConfigError("Streamed features support the default strategy "
+                        f"only; got {type(self._strategy).__name__}.")
     sample = _first_pass(source, num_classes, self.chunk_rows, prefetch)
     if precondition:
       self.coordinates = coordinates.whitened(sample, self.dim, num_classes,
@@ -506,17 +507,17 @@ def fit(train_x, train_y, num_classes: int, *, l2: Optional[float] = None,
     ValueError: empty or misshaped input, or a non-positive setting.
   """
   if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-    raise ValueError(f"num_classes must be an integer >= 2, got "
-                     f"{num_classes!r}.")
+    raise ConfigError(f"num_classes must be an integer >= 2, got "
+                      f"{num_classes!r}.")
   num_classes = int(num_classes)
   source, rows = _training_source(train_x, train_y, num_classes,
                                   memory_budget_mb, prefetch)
   l2 = default_l2(source.dim, num_classes) if l2 is None else float(l2)
   if not np.isfinite(l2) or l2 < 0:
-    raise ValueError(f"l2 must be finite and >= 0, got {l2}.")
+    raise ConfigError(f"l2 must be finite and >= 0, got {l2}.")
   if max_iter < 1 or batch_size < 1:
-    raise ValueError(f"max_iter and batch_size must be >= 1, got "
-                     f"max_iter={max_iter}, batch_size={batch_size}.")
+    raise ConfigError(f"max_iter and batch_size must be >= 1, got "
+                      f"max_iter={max_iter}, batch_size={batch_size}.")
   # The clock includes the first pass, placing the features and the
   # preconditioner.
   start = time.perf_counter()
@@ -531,19 +532,19 @@ def _training_source(train_x, train_y, num_classes, memory_budget_mb,
   """`fit`'s input as a `FeatureSource` and the rows per chunk to read."""
   if isinstance(train_x, features.FeatureSource):
     if train_y is not None:
-      raise ValueError(f"train_y must be None when train_x is a "
-                       f"FeatureSource: the labels come from "
-                       f"{train_x.y_name}.")
+      raise ConfigError(f"train_y must be None when train_x is a "
+                        f"FeatureSource: the labels come from "
+                        f"{train_x.y_name}.")
     if train_x.resident and memory_budget_mb is None:
       return train_x, None
     if memory_budget_mb is None or not memory_budget_mb > 0:
-      raise ValueError(f"memory_budget_mb must be > 0 for features streamed "
-                       f"from disk, got {memory_budget_mb!r}.")
+      raise ConfigError(f"memory_budget_mb must be > 0 for features streamed "
+                        f"from disk, got {memory_budget_mb!r}.")
     return train_x, _memory_rows(train_x, memory_budget_mb, prefetch)
   if memory_budget_mb is not None:
-    raise ValueError("memory_budget_mb applies to features streamed from "
-                     "disk (features.ShardedFeatures), not to an in-memory "
-                     "train_x.")
+    raise ConfigError("memory_budget_mb applies to features streamed from "
+                      "disk (features.ShardedFeatures), not to an in-memory "
+                      "train_x.")
   x = _as_features(train_x, "train_x")
   y = _check_labels(train_y, x.shape[0], num_classes, "train_y",
                     check_range=False)  # the first pass checks the range

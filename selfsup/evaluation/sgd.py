@@ -61,6 +61,7 @@ import tensorflow as tf
 
 from selfsup.core import schedules
 from selfsup.evaluation import extract, lbfgs
+from selfsup.core.checks import ConfigError
 
 HEADS = ("linear", "mlp")
 MOMENTUM = 0.9
@@ -76,8 +77,8 @@ _LABEL_ERROR = "selfsup.evaluation.sgd: label out of range"
 
 def _check_choice(name, value, choices):
   if value not in choices:
-    raise ValueError(f"{name}={value!r} is not valid: expected one of "
-                     f"{choices}.")
+    raise ConfigError(f"{name}={value!r} is not valid: expected one of "
+                      f"{choices}.")
 
 
 def _check_int(name, value, minimum=1, optional=False):
@@ -85,8 +86,8 @@ def _check_int(name, value, minimum=1, optional=False):
     return None
   if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
       or value < minimum):
-    raise ValueError(f"{name}={value!r} is not valid: expected an integer >= "
-                     f"{minimum}{' or None' if optional else ''}.")
+    raise ConfigError(f"{name}={value!r} is not valid: expected an integer >= "
+                      f"{minimum}{' or None' if optional else ''}.")
   return int(value)
 
 
@@ -103,9 +104,9 @@ def _check_l2(l2, dim, num_classes, head):
     return lbfgs.default_l2(dim, num_classes)
   if (isinstance(l2, bool) or not isinstance(l2, numbers.Real)
       or not math.isfinite(l2) or l2 < 0):
-    raise ValueError(f"l2={l2!r} is not valid: expected a finite number >= 0, "
-                     f"'lbfgs' for 100 / (M * C), or None for the head's "
-                     f"default (linear 0, mlp 100 / (M * C)).")
+    raise ConfigError(f"l2={l2!r} is not valid: expected a finite number >= 0, "
+                      f"'lbfgs' for 100 / (M * C), or None for the head's "
+                      f"default (linear 0, mlp 100 / (M * C)).")
   return float(l2)
 
 
@@ -170,14 +171,14 @@ def learning_rate_schedule(base_lr, batch_size, steps_per_epoch, decay_epochs,
 def _input_specs(data, name, key):
   """(input spec, label spec) of a dataset of (x, y) or {key, "label"}."""
   if not isinstance(data, tf.data.Dataset):
-    raise ValueError(f"{name} must be a tf.data.Dataset, got {type(data)}.")
+    raise ConfigError(f"{name} must be a tf.data.Dataset, got {type(data)}.")
   spec = data.element_spec
   if isinstance(spec, dict) and key in spec and "label" in spec:
     return spec[key], spec["label"]
   if isinstance(spec, (tuple, list)) and len(spec) == 2:
     return spec
-  raise ValueError(f"{name} must yield ({key}, label) tuples or dicts with "
-                   f"{key!r} and 'label', got element_spec {spec}.")
+  raise ConfigError(f"{name} must yield ({key}, label) tuples or dicts with "
+                    f"{key!r} and 'label', got element_spec {spec}.")
 
 
 def _split(batch, key):
@@ -191,9 +192,9 @@ def _check_data(data, name, on_the_fly):
   what = ("images [B, H, W, C] or patches [B, P, h, w, C]" if on_the_fly
           else "features [B, M] (pass backbone= to train on images)")
   if x_spec.shape.rank not in ranks or not x_spec.dtype.is_floating:
-    raise ValueError(f"{name} must yield float {what}, got {x_spec}.")
+    raise ConfigError(f"{name} must yield float {what}, got {x_spec}.")
   if y_spec.shape.rank != 1 or not y_spec.dtype.is_integer:
-    raise ValueError(f"{name} labels must be integer [B], got {y_spec}.")
+    raise ConfigError(f"{name} labels must be integer [B], got {y_spec}.")
   return x_spec
 
 
@@ -201,14 +202,14 @@ def _steps_per_epoch(data, log):
   """Batches in one pass of `data`: its cardinality, or counted."""
   cardinality = int(data.cardinality())
   if cardinality == tf.data.INFINITE_CARDINALITY:
-    raise ValueError("train_data repeats forever: pass steps_per_epoch (e.g. "
-                     "num_examples // batch_size).")
+    raise ConfigError("train_data repeats forever: pass steps_per_epoch (e.g. "
+                      "num_examples // batch_size).")
   if cardinality == tf.data.UNKNOWN_CARDINALITY:
     log("sgd: counting the batches of one pass over train_data; pass "
         "steps_per_epoch to skip this.")
     cardinality = int(data.reduce(np.int64(0), lambda n, *_: n + 1))
   if cardinality == 0:
-    raise ValueError("train_data is empty: expected at least one batch.")
+    raise ConfigError("train_data is empty: expected at least one batch.")
   return cardinality
 
 
@@ -230,7 +231,7 @@ def _label_errors(name, num_classes):
   except tf.errors.InvalidArgumentError as e:
     if _LABEL_ERROR not in str(e):
       raise
-    raise ValueError(f"{name} labels must lie in [0, {num_classes}): "
+    raise ConfigError(f"{name} labels must lie in [0, {num_classes}): "
                      f"{e.message}") from e
 
 
@@ -242,7 +243,7 @@ def _evaluate(eval_step, data, key, num_classes):
       totals += np.array([float(t) for t in eval_step(*_split(batch, key))])
   top1, top5, n, ce = totals
   if n == 0:
-    raise ValueError("eval_data is empty: expected at least one example.")
+    raise ConfigError("eval_data is empty: expected at least one example.")
   return dict(top1=top1 / n, top5=top5 / n, eval_loss=ce / n,
               num_eval_examples=int(n))
 
@@ -298,15 +299,15 @@ def _inputs(train_data, eval_data, input_dim, backbone, endpoint,
             max_features, pooling_rule):
   on_the_fly = backbone is not None
   if on_the_fly and not isinstance(backbone, keras.Model):
-    raise ValueError(f"backbone must be a keras.Model, got {type(backbone)}.")
+    raise ConfigError(f"backbone must be a keras.Model, got {type(backbone)}.")
   x_spec = _check_data(train_data, "train_data", on_the_fly)
   _check_data(eval_data, "eval_data", on_the_fly)
   if int(eval_data.cardinality()) == tf.data.INFINITE_CARDINALITY:
-    raise ValueError("eval_data repeats forever: expected one finite pass.")
+    raise ConfigError("eval_data repeats forever: expected one finite pass.")
   if on_the_fly:
     if not x_spec.shape[1:].is_fully_defined():
-      raise ValueError(f"train_data's images need a static shape to size "
-                       f"the representation, got {x_spec.shape}.")
+      raise ConfigError(f"train_data's images need a static shape to size "
+                        f"the representation, got {x_spec.shape}.")
     # One image through the backbone sizes the (pooled) representation.
     dummy = tf.zeros([1, *x_spec.shape[1:]], tf.float32)
     found = int(extract.representation(backbone, dummy, endpoint,
@@ -323,11 +324,11 @@ def _inputs(train_data, eval_data, input_dim, backbone, endpoint,
     def features_of(x):
       return tf.cast(x, tf.float32)
   if input_dim is None and found is None:
-    raise ValueError(f"cannot infer input_dim from {source}: pass it.")
+    raise ConfigError(f"cannot infer input_dim from {source}: pass it.")
   input_dim = _check_int("input_dim", found if input_dim is None else input_dim)
   if found is not None and found != input_dim:
-    raise ValueError(f"input_dim={input_dim} but {source} has {found} "
-                     f"features.")
+    raise ConfigError(f"input_dim={input_dim} but {source} has {found} "
+                      f"features.")
   return _Inputs("image" if on_the_fly else "features", input_dim,
                  features_of)
 
@@ -426,7 +427,7 @@ def _batches(train_data, key):
   try:
     first = _split(next(it), key)
   except StopIteration:
-    raise ValueError("train_data is empty: expected at least one batch.") \
+    raise ConfigError("train_data is empty: expected at least one batch.") \
         from None
 
   def chain():

@@ -14,6 +14,7 @@ from selfsup.core import precision
 from selfsup.models import norm
 # The fused layer lives with the rest of batch norm (norm.py); this name stays.
 from selfsup.models.norm import BatchNormalization  # pylint: disable=unused-import
+from selfsup.core.checks import ConfigError
 
 ENDPOINTS = ("after_root", "block1", "block2", "block3", "block4",
              "pre_logits", "logits")
@@ -39,7 +40,7 @@ def check_width(width, *, multiple_of=1):
     root = 16 * width
     ok = abs(root - round(root)) < 1e-9 and round(root) % multiple_of == 0
   if not ok:
-    raise ValueError(
+    raise ConfigError(
         f"width={width!r} is not a valid widening factor: expected a positive "
         f"number k such that 16*k is an integer multiple of {multiple_of} "
         f"(the paper uses k in (4, 8, 12, 16); tests use e.g. 0.25 or 1).")
@@ -56,18 +57,18 @@ def check_input_shape(input_shape, *, min_size, need_static=False):
   except TypeError:
     shape = None
   if shape is None or len(shape) != 3:
-    raise ValueError(f"input_shape={input_shape!r} is not valid: expected "
-                     f"{expected}.")
+    raise ConfigError(f"input_shape={input_shape!r} is not valid: expected "
+                      f"{expected}.")
   h, w, c = shape
   for dim in (h, w):
     if dim is None and not need_static:
       continue
     if not isinstance(dim, numbers.Integral) or dim < min_size:
-      raise ValueError(f"input_shape={input_shape!r} is not valid: expected "
-                       f"{expected}.")
+      raise ConfigError(f"input_shape={input_shape!r} is not valid: expected "
+                        f"{expected}.")
   if not isinstance(c, numbers.Integral) or c < 1:
-    raise ValueError(f"input_shape={input_shape!r} is not valid: expected "
-                     f"{expected}.")
+    raise ConfigError(f"input_shape={input_shape!r} is not valid: expected "
+                      f"{expected}.")
   return shape
 
 
@@ -76,15 +77,15 @@ def check_optional_positive_int(name, value):
     return None
   if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
       or value < 1):
-    raise ValueError(f"{name}={value!r} is not valid: expected None or a "
-                     "positive integer.")
+    raise ConfigError(f"{name}={value!r} is not valid: expected None or a "
+                      "positive integer.")
   return int(value)
 
 
 def check_choice(name, value, choices):
   if value not in choices:
-    raise ValueError(f"{name}={value!r} is not valid: expected one of "
-                     f"{tuple(choices)}.")
+    raise ConfigError(f"{name}={value!r} is not valid: expected one of "
+                      f"{tuple(choices)}.")
   return value
 
 
@@ -98,7 +99,7 @@ def check_initializer(kernel_initializer):
   try:
     keras.initializers.get(kernel_initializer)
   except (ValueError, TypeError) as err:
-    raise ValueError(
+    raise ConfigError(
         f"kernel_initializer={kernel_initializer!r} is not valid: expected a "
         "Keras initializer name such as 'glorot_uniform' (the authors' code) "
         f"or 'he_normal' ({err}).") from None

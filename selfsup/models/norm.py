@@ -36,14 +36,14 @@ DEFAULT_KIND = "fused"
 def check_momentum(momentum):
   if (not isinstance(momentum, numbers.Real) or isinstance(momentum, bool)
       or not 0.0 <= momentum < 1.0):
-    raise ValueError(f"bn_momentum={momentum!r} is not valid: expected a "
-                     "number in [0, 1), e.g. 0.99 (long runs) or 0.9 (short).")
+    raise ConfigError(f"bn_momentum={momentum!r} is not valid: expected a "
+                      "number in [0, 1), e.g. 0.99 (long runs) or 0.9 (short).")
   return float(momentum)
 
 
 def check_kind(batch_norm):
   if not isinstance(batch_norm, str) or batch_norm not in KINDS:
-    raise ValueError(
+    raise ConfigError(
         f"batch_norm={batch_norm!r} is not valid: expected one of {KINDS} "
         "('fused': TensorFlow's fused kernel in training, the default; "
         "'keras': keras.layers.BatchNormalization).")

@@ -14,6 +14,7 @@ pre-logits; `skip_connections=False` removes every shortcut for the ablation.
 import keras
 
 from selfsup.models import base
+from selfsup.core.checks import ConfigError
 
 _UNITS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
 # Output channels of block1 as a multiple of the root's 16k.
@@ -103,8 +104,8 @@ class ResNet(base.Backbone):
     base.check_choice("version", version, ("v1", "v2"))
     root_channels = base.check_width(width)
     if version == "v1" and not last_relu:
-      raise ValueError("last_relu=False is not valid with version='v1': a v1 "
-                       "unit always ends in a ReLU; use version='v2'.")
+      raise ConfigError("last_relu=False is not valid with version='v1': a v1 "
+                        "unit always ends in a ReLU; use version='v2'.")
     config = dict(depth=depth, version=version, last_relu=bool(last_relu),
                   skip_connections=bool(skip_connections),
                   **base.check_common(

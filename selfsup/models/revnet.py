@@ -17,6 +17,7 @@ from keras import ops
 
 from selfsup.models import base, norm
 from selfsup.models.resnet import PATCH_STRIDES, STANDARD_STRIDES
+from selfsup.core.checks import ConfigError
 
 _UNITS = (3, 4, 6, 3)
 
@@ -47,8 +48,8 @@ class RevUnit(keras.layers.Layer):
   def build(self, input_shape):
     channels = input_shape[-1]
     if channels % 8:
-      raise ValueError(f"RevUnit {self.name!r} needs a channel count divisible "
-                       f"by 8, got input_shape={tuple(input_shape)!r}.")
+      raise ConfigError(f"RevUnit {self.name!r} needs a channel count divisible "
+                        f"by 8, got input_shape={tuple(input_shape)!r}.")
     half, inner = channels // 2, channels // 8
     reg = base.l2(self.weight_decay)
 
@@ -180,8 +181,8 @@ class RevNet(base.Backbone):
   def block_units(self, block):
     """The RevUnit layers of block `block` (1..4), in forward order."""
     if block not in (1, 2, 3, 4):
-      raise ValueError(f"block={block!r} is not valid: expected one of "
-                       "(1, 2, 3, 4).")
+      raise ConfigError(f"block={block!r} is not valid: expected one of "
+                        "(1, 2, 3, 4).")
     return [self.get_layer(n) for n in self._unit_names[block - 1]]
 
   def inverse_block(self, block, y, training=False):

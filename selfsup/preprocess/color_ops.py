@@ -10,6 +10,7 @@ import tensorflow as tf
 from selfsup.preprocess import randomness
 from selfsup.preprocess.image_ops import get_image, to_dtype, with_image
 from selfsup.preprocess.registry import register
+from selfsup.core.checks import ConfigError
 
 
 @register("color_distort")
@@ -26,14 +27,14 @@ def get_color_distort(brightness=32 / 255, saturation=0.5, hue=0.0,
                                                            saturation, 1),
                            ("hue", hue, 0.5), ("contrast", contrast, 1)):
     if not 0 <= value <= top:
-      raise ValueError(f"{name} must be in [0, {top}], got {value}")
+      raise ConfigError(f"{name} must be in [0, {top}], got {value}")
 
   def color_distort(features):
     image = get_image(features, ranks=(3, 4))
     if not training:
       return with_image(features, image)
     if image.shape[-1] != 3:
-      raise ValueError(f"color_distort needs RGB images, got {image.shape}")
+      raise ConfigError(f"color_distort needs RGB images, got {image.shape}")
     features, seeds = randomness.take_seeds(features, 4)
     x = tf.cast(image, tf.float32) / 255.0
     if brightness:
@@ -61,7 +62,7 @@ def get_to_gray(p=1.0, training=True):
   evaluation; `p=1` converts always, in both modes.
   """
   if not 0 <= p <= 1:
-    raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+    raise ConfigError(f"p must be a probability in [0, 1], got {p!r}")
 
   def to_gray(features):
     image = get_image(features, ranks=(3, 4, 5))
@@ -85,7 +86,7 @@ def get_to_gray(p=1.0, training=True):
 def get_value_range(vmin=-1.0, vmax=1.0, in_min=0.0, in_max=255.0):
   """Maps [in_min, in_max] (default [0, 255]) linearly to [vmin, vmax]."""
   if in_min >= in_max:
-    raise ValueError(f"need in_min < in_max, got {in_min}, {in_max}")
+    raise ConfigError(f"need in_min < in_max, got {in_min}, {in_max}")
 
   def value_range(features):
     image = tf.cast(get_image(features, ranks=(3, 4, 5, 6)), tf.float32)

@@ -24,7 +24,7 @@ def to_pair(size, what="size"):
   if len(pair) != 2 or not all(
       isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair):
     raise ConfigError(f"{what} must be a positive int or a pair (h, w) of "
-                     f"them, got {size!r}")
+                      f"them, got {size!r}")
   return pair
 
 
@@ -35,7 +35,7 @@ def get_image(features, ranks=(3,)):
   image = tf.convert_to_tensor(features["image"])
   if image.shape.rank not in ranks:
     raise ConfigError(f"expected an image of rank {' or '.join(map(str, ranks))}"
-                     f", got shape {image.shape}")
+                      f", got shape {image.shape}")
   return image
 
 
@@ -54,7 +54,7 @@ def to_dtype(image, dtype):
 def _check_method(method):
   if method not in _RESIZE_METHODS:
     raise ConfigError(f"unknown resize method {method!r}; choose one of "
-                     f"{', '.join(_RESIZE_METHODS)}")
+                      f"{', '.join(_RESIZE_METHODS)}")
 
 
 def crop_window(image, y, x, h, w):
@@ -63,7 +63,7 @@ def crop_window(image, y, x, h, w):
   height, width = image.shape[-3], image.shape[-2]
   if (height is not None and height < h) or (width is not None and width < w):
     raise ConfigError(f"cannot crop {h}x{w} out of an image of shape "
-                     f"{image.shape}")
+                      f"{image.shape}")
   shape = tf.shape(image)
   checks = [tf.debugging.assert_greater_equal(
       shape[-3:-1], tf.constant([h, w]),
@@ -100,13 +100,13 @@ def get_decode():
     if image.dtype == tf.string:
       if image.shape.rank != 0:
         raise ConfigError(f"decode expects one encoded image (a scalar string),"
-                         f" got shape {image.shape}")
+                          f" got shape {image.shape}")
       image = tf.io.decode_image(image, channels=3, expand_animations=False)
       image.set_shape([None, None, 3])
       return with_image(features, image)
     if image.dtype != tf.uint8 or image.shape.rank != 3:
       raise ConfigError(f"decode expects encoded bytes or a uint8 [H, W, C] "
-                       f"image, got {image.dtype.name} of shape {image.shape}")
+                        f"image, got {image.dtype.name} of shape {image.shape}")
     channels = image.shape[-1]
     if channels == 1:
       image = tf.tile(image, [1, 1, 3])
@@ -192,10 +192,10 @@ def get_inception_crop(size, area_min=8, area_max=100, aspect_min=3 / 4,
   _check_method(method)
   if not 0 < area_min <= area_max <= 100:
     raise ConfigError(f"need 0 < area_min <= area_max <= 100, got "
-                     f"{area_min}, {area_max}")
+                      f"{area_min}, {area_max}")
   if not 0 < aspect_min <= aspect_max:
     raise ConfigError(f"need 0 < aspect_min <= aspect_max, got "
-                     f"{aspect_min}, {aspect_max}")
+                      f"{aspect_min}, {aspect_max}")
   if not 0 < central_fraction <= 1:
     raise ConfigError(f"need 0 < central_fraction <= 1, got {central_fraction}")
 

@@ -34,7 +34,7 @@ def parse_permutations(data, source="<bytes>"):
   """
   if len(data) < 8:
     raise errors.DataError(f"{source}: too short for the 8-byte header "
-                     f"({len(data)} bytes).")
+                           f"({len(data)} bytes).")
   count, length = struct.unpack("<ii", data[:8])
   if count <= 0 or length <= 0 or len(data) != 8 + 4 * count * length:
     raise errors.DataError(

@@ -29,6 +29,7 @@ from selfsup.preprocess.image_ops import crop_window, get_image, to_pair
 from selfsup.preprocess.permutations import load_permutations
 from selfsup.preprocess.registry import get as get_spec
 from selfsup.preprocess.registry import register
+from selfsup.core.checks import ConfigError
 
 CLASS_LABEL_KEY = "class_label"
 NUM_ROTATIONS = 4
@@ -66,7 +67,7 @@ def get_rotate():
     image = get_image(features)
     h, w = image.shape[0], image.shape[1]
     if h is not None and w is not None and h != w:
-      raise ValueError(f"rotate needs a square image, got shape {image.shape}")
+      raise ConfigError(f"rotate needs a square image, got shape {image.shape}")
     shape = tf.shape(image)
     checks = [tf.debugging.assert_equal(
         shape[0], shape[1], message="rotate needs a square image")]
@@ -89,28 +90,28 @@ def get_crop_patches(grid=3, jitter=0, patch=None, training=True):
   The image must have a static size (resize or crop it first).
   """
   if not isinstance(grid, int) or grid < 1:
-    raise ValueError(f"grid must be a positive int, got {grid!r}")
+    raise ConfigError(f"grid must be a positive int, got {grid!r}")
   if not isinstance(jitter, int) or jitter < 0:
-    raise ValueError(f"jitter must be an int >= 0, got {jitter!r} (a negative"
-                     " jitter would make the patch larger than its cell)")
+    raise ConfigError(f"jitter must be an int >= 0, got {jitter!r} (a negative"
+                      " jitter would make the patch larger than its cell)")
   if patch is not None:
     if jitter:
-      raise ValueError("give either jitter or patch, not both")
+      raise ConfigError("give either jitter or patch, not both")
     patch = to_pair(patch, "patch")
 
   def crop_patches(features):
     image = get_image(features)
     height, width = image.shape[0], image.shape[1]
     if height is None or width is None:
-      raise ValueError(f"crop_patches needs a static image size, got "
-                       f"{image.shape}; resize or crop to a fixed size first")
+      raise ConfigError(f"crop_patches needs a static image size, got "
+                        f"{image.shape}; resize or crop to a fixed size first")
     cell = (height // grid, width // grid)
     size = patch or (cell[0] - jitter, cell[1] - jitter)
     if not 0 < size[0] <= cell[0] or not 0 < size[1] <= cell[1]:
-      raise ValueError(f"patch {size[0]}x{size[1]} does not fit in a "
-                       f"{cell[0]}x{cell[1]} cell (image {height}x{width} "
-                       f"split {grid}x{grid}): the patch is larger than its "
-                       f"cell")
+      raise ConfigError(f"patch {size[0]}x{size[1]} does not fit in a "
+                        f"{cell[0]}x{cell[1]} cell (image {height}x{width} "
+                        f"split {grid}x{grid}): the patch is larger than its "
+                        f"cell")
     room = (cell[0] - size[0], cell[1] - size[1])
     if training:
       features, seeds = randomness.take_seeds(features, 1)
@@ -130,15 +131,15 @@ def get_crop_patches(grid=3, jitter=0, patch=None, training=True):
 
 def _check_patches(patches, num_patches, rank):
   if patches.shape[rank - 4] != num_patches:
-    raise ValueError(f"expected {num_patches} patches on axis {rank - 4}, "
-                     f"got shape {patches.shape}; use crop_patches(3, ...) "
-                     f"first")
+    raise ConfigError(f"expected {num_patches} patches on axis {rank - 4}, "
+                      f"got shape {patches.shape}; use crop_patches(3, ...) "
+                      f"first")
 
 
 def _check_flag(name, value):
   # A spec typo such as permute=0 or permute="False" must not pass silently.
   if not isinstance(value, bool):
-    raise ValueError(f"{name} must be True or False, got {value!r}")
+    raise ConfigError(f"{name} must be True or False, got {value!r}")
 
 
 def permute_patches(x, label, perms=None):
@@ -164,7 +165,7 @@ def permute_patches(x, label, perms=None):
   label = tf.convert_to_tensor(label)
   batch_dims = label.shape.rank - 1
   if batch_dims not in (0, 1):
-    raise ValueError(f"label must have shape [k] or [B, k], got {label.shape}")
+    raise ConfigError(f"label must have shape [k] or [B, k], got {label.shape}")
   return tf.gather(x, tf.gather(perms, label), axis=batch_dims,
                    batch_dims=batch_dims)
 
@@ -184,8 +185,8 @@ def pair_patches(x, axis=0):
 def _jigsaw_setup(num_perms, permute):
   perms = load_permutations()
   if not isinstance(num_perms, int) or not 1 <= num_perms <= len(perms):
-    raise ValueError(f"num_perms must be an int in [1, {len(perms)}], got "
-                     f"{num_perms!r}")
+    raise ConfigError(f"num_perms must be an int in [1, {len(perms)}], got "
+                      f"{num_perms!r}")
   _check_flag("permute", permute)
   # Evenly spread over the set, so that jigsaw(100) in evaluation uses all.
   fixed = np.round(np.linspace(0, len(perms) - 1, num_perms)).astype(np.int32)
@@ -299,7 +300,7 @@ def get_exemplar(n=8, spec=DEFAULT_EXEMPLAR_SPEC, training=True):
   deterministic view).
   """
   if not isinstance(n, int) or n < 1:
-    raise ValueError(f"n must be a positive int, got {n!r}")
+    raise ConfigError(f"n must be a positive int, got {n!r}")
   augment = get_spec(spec, training)
 
   def exemplar(features):

@@ -109,7 +109,7 @@ def _build_op(name, args, kwargs, training):
   """Calls the registered factory after checking the arguments bind."""
   if name not in OPS:
     raise ConfigError(f"unknown op {name!r}; known ops: "
-                     f"{', '.join(list_ops())}")
+                      f"{', '.join(list_ops())}")
   factory, _ = OPS.lookup(name)
   signature = inspect.signature(factory)
   if "training" in signature.parameters and "training" not in kwargs:
@@ -167,14 +167,14 @@ def get(spec, training):
   def apply(features):
     if not isinstance(features, dict):
       raise ConfigError(f"Preprocessing spec {spec!r} expects a dict of "
-                       f"features, got {type(features).__name__}.")
+                        f"features, got {type(features).__name__}.")
     features = dict(features)
     for op_text, fn in ops:
       try:
         features = fn(features)
       except ValueError as err:
         raise ConfigError(f"Preprocessing spec {spec!r}, op {op_text!r} "
-                         f"failed: {err}") from err
+                          f"failed: {err}") from err
     return features
 
   apply.spec = spec

@@ -115,7 +115,7 @@ def study(name=gin.REQUIRED, tasks=gin.REQUIRED, backbones=gin.REQUIRED,
   if unknown:
     others = sorted(known - {"name", "tasks", "backbones", "widths"})
     raise ConfigError(f"study got unknown settings {unknown}: expected some "
-                     f"of {others}.")
+                      f"of {others}.")
   return make_spec(name=name, tasks=tasks, backbones=backbones, widths=widths,
                    **kwargs)
 
@@ -125,16 +125,16 @@ def make_spec(**fields):
   spec = StudySpec(**fields)
   if not isinstance(spec.name, str) or not spec.name.strip():
     raise ConfigError(f"study.name={spec.name!r} is not valid: expected a "
-                     f"non-empty title.")
+                      f"non-empty title.")
   for field in ("tasks", "backbones", "widths"):
     if not _seq(getattr(spec, field)):
       raise ConfigError(f"study.{field}={getattr(spec, field)!r} is not valid: "
-                       f"expected a non-empty list.")
+                        f"expected a non-empty list.")
   for task in tuple(spec.tasks) + (spec.random_init_task,):
     _check_str("tasks", task)
     if not os.path.exists(os.path.join(GIN_DIR, f"{task}.gin")):
       raise ConfigError(f"task {task!r} has no gin file gin/{task}.gin: "
-                       f"expected one of {_task_names()}.")
+                        f"expected one of {_task_names()}.")
   for backbone in spec.backbones:
     _check_str("backbones", backbone)
   widths = list(spec.widths) + [w for ws in spec.task_widths.values()
@@ -143,33 +143,33 @@ def make_spec(**fields):
     if isinstance(width, bool) or not isinstance(width, (int, float)) or (
         width <= 0):
       raise ConfigError(f"width {width!r} is not valid: expected a positive "
-                       f"number.")
+                        f"number.")
   for task in spec.task_widths:
     if task not in tuple(spec.tasks) + tuple(spec.baselines):
       raise ConfigError(f"study.task_widths names {task!r}, which is not in "
-                       f"study.tasks={tuple(spec.tasks)} or study.baselines="
-                       f"{tuple(spec.baselines)}.")
+                        f"study.tasks={tuple(spec.tasks)} or study.baselines="
+                        f"{tuple(spec.baselines)}.")
   for size in spec.representation_sizes:
     if size is not None and (not isinstance(size, int) or size <= 0):
       raise ConfigError(f"representation size {size!r} is not valid: expected "
-                       f"None or a positive int.")
+                        f"None or a positive int.")
   if not isinstance(spec.backbone_options, dict) or not spec.backbone_options:
     raise ConfigError(f"study.backbone_options={spec.backbone_options!r} is "
-                     f"not valid: expected a non-empty dict label -> kwargs.")
+                      f"not valid: expected a non-empty dict label -> kwargs.")
   for label, kwargs in spec.backbone_options.items():
     if label and not _NAME.match(label):
       raise ConfigError(f"backbone option label {label!r} is not valid: "
-                       f"expected letters, digits, '_', '.', '-'.")
+                        f"expected letters, digits, '_', '.', '-'.")
     if not isinstance(kwargs, dict):
       raise ConfigError(f"backbone option {label!r}: {kwargs!r} is not a dict.")
   for baseline in spec.baselines:
     if baseline not in BASELINES:
       raise ConfigError(f"baseline {baseline!r} is not valid: expected some "
-                       f"of {BASELINES}.")
+                        f"of {BASELINES}.")
   for fraction in spec.fractions:
     if fraction is not None and not 0 < fraction <= 1:
       raise ConfigError(f"fraction {fraction!r} is not valid: expected None "
-                       f"or a number in (0, 1].")
+                        f"or a number in (0, 1].")
   for name in spec.evaluations:
     _eval_file(name)
   for field in ("gin_files", "params", "eval_params", "pretrain_flags",
@@ -177,7 +177,7 @@ def make_spec(**fields):
     value = getattr(spec, field)
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
       raise ConfigError(f"study.{field}={value!r} is not valid: expected a "
-                       f"list of strings.")
+                        f"list of strings.")
   for label, schedule in (spec.sgd_schedules or {}).items():
     sgd_kwargs(label, schedule)
   return spec
@@ -334,8 +334,8 @@ def _evals(spec):
                  SGD_EVALUATIONS else {None: None})
     for schedule, value in schedules.items():
       label = "-".join([base] + ([f"f{fmt(fraction)}"] if fraction else [])
-                       + ([source] if source else [])
-                       + ([f"sgd{schedule}"] if schedule else []))
+                        + ([source] if source else [])
+                        + ([f"sgd{schedule}"] if schedule else []))
       params = list(spec.eval_params)
       if spec.layers:
         params.append(f"linear_eval.layers = {lit(tuple(spec.layers))}")

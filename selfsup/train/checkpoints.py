@@ -27,6 +27,7 @@ import tensorflow as tf
 from absl import logging
 
 from selfsup.core.errors import WorkdirError
+from selfsup.core.checks import ConfigError
 
 # Scratch folders of non-chief workers, under <workdir>/tmp/.
 WORKER_SCRATCH = "worker-"
@@ -63,7 +64,7 @@ class Manager:
     self._scratch = None
     if not chief:
       if not scratch:
-        raise ValueError("A non-chief checkpoint manager needs `scratch`.")
+        raise ConfigError("A non-chief checkpoint manager needs `scratch`.")
       if tf.io.gfile.exists(scratch):
         tf.io.gfile.rmtree(scratch)
       tf.io.gfile.makedirs(scratch)

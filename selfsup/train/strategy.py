@@ -21,7 +21,7 @@ def make_strategy(kind="auto", tpu=None):
   """
   if kind not in KINDS:
     raise ConfigError(f"strategy kind={kind!r} is not valid: expected one of "
-                     f"{KINDS}.")
+                      f"{KINDS}.")
   if kind == "auto":
     kind = _detect(tpu)
   if kind == "tpu":

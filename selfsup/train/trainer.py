@@ -13,7 +13,6 @@ import os
 import random
 import time
 
-import keras
 import tensorflow as tf
 from absl import logging
 
