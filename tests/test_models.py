@@ -44,11 +44,9 @@ def expected_shapes(name, width, size, patch):
   return shapes
 
 
-def test_names_and_deprecated_list():
+def test_names():
   assert selfsup.models.names() == sorted(ALL) == list(selfsup.models.BACKBONES)
   assert "revnet50" in selfsup.models.BACKBONES
-  with pytest.warns(DeprecationWarning, match=r"selfsup\.models\.names\(\)"):
-    assert selfsup.models.list() == selfsup.models.names()  # pylint: disable=no-member
 
 
 @pytest.mark.parametrize("patch", [False, True], ids=["standard", "patch"])

@@ -1,10 +1,8 @@
 """selfsup.core.Registry, and the four registries built on it."""
-import warnings
 
 import pytest
 
 from selfsup.core import Registry
-from selfsup.core.registry import deprecated_names_alias
 
 
 class _Net:
@@ -96,36 +94,23 @@ def test_check_arguments_refuses_unnamed_arguments_listing_accepted():
   assert _registry(check_arguments=True).get("shallow", width=2).width == 2
 
 
-def test_deprecated_names_alias_warns_and_answers():
-  registry = _registry()
-  old = deprecated_names_alias(registry, "pkg.list", "pkg.names")
-  with pytest.warns(DeprecationWarning, match=r"pkg\.list\(\) is deprecated.*"
-                    r"use pkg\.names\(\)"):
-    assert old() == ["deep", "shallow"]
-
-
-@pytest.mark.parametrize("module, registry, old", [
-    ("selfsup.models", "BACKBONES", "list"),
-    ("selfsup.data", "SOURCES", "list"),
-    ("selfsup.tasks", "TASKS", "list"),
-    ("selfsup.preprocess", "OPS", None),
+@pytest.mark.parametrize("module, registry", [
+    ("selfsup.models", "BACKBONES"),
+    ("selfsup.data", "SOURCES"),
+    ("selfsup.tasks", "TASKS"),
+    ("selfsup.preprocess", "OPS"),
 ])
-def test_every_kind_is_a_registry_with_names(module, registry, old):
+def test_every_kind_is_a_registry_with_names(module, registry):
   import importlib  # pylint: disable=import-outside-toplevel
   mod = importlib.import_module(module)
   reg = getattr(mod, registry)
   assert isinstance(reg, Registry) and len(reg) > 0
   assert reg.names() == sorted(reg.names())
-  if old:
-    assert mod.names() == reg.names()
-    assert "list" not in mod.__all__  # a star import must not shadow list
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always")
-      assert getattr(mod, old)() == reg.names()
-    assert any(issubclass(w.category, DeprecationWarning)
-               and f"{module}.names()" in str(w.message) for w in caught)
-  else:
+  if registry == "OPS":
     assert mod.list_ops() == reg.names()
+  else:
+    assert mod.names() == reg.names()
+  assert not hasattr(mod, "list")  # no shadowing of the builtin
 
 
 def test_public_register_and_get_still_work():
@@ -150,21 +135,6 @@ def test_public_register_and_get_still_work():
     selfsup.preprocess.register("not-an-identifier")
   assert selfsup.tasks.get("rotation", backbone="resnet18_v2",
                            width=0.25).name == "rotation"
-
-
-def test_moved_and_removed_names_say_where_they_went():
-  import warnings  # pylint: disable=g-import-not-at-top
-  import selfsup.train  # pylint: disable=g-import-not-at-top
-  from selfsup.preprocess import specs  # pylint: disable=g-import-not-at-top
-  from selfsup.workdir import export  # pylint: disable=g-import-not-at-top
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    assert selfsup.train.export is export
-  assert "selfsup.workdir.export" in str(caught[0].message)
-  with pytest.raises(AttributeError, match=r"pretext_specs"):
-    specs.task_specs("rotation")  # pylint: disable=no-member
-  with pytest.raises(AttributeError, match=r"no attribute 'nothing'"):
-    specs.nothing  # pylint: disable=no-member,pointless-statement
 
 
 def test_suggestions_prefer_names_that_start_the_same_way():

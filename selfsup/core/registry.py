@@ -20,7 +20,7 @@ import difflib
 import inspect
 import os
 from typing import Any, Callable, Dict, Iterator, List, Tuple
-import warnings
+from selfsup.core.checks import ConfigError
 
 
 class Registry:
@@ -52,17 +52,17 @@ class Registry:
         `builder` is not callable.
     """
     if not isinstance(name, str) or not name:
-      raise ValueError(f"A {self.kind} name must be a non-empty string, got "
-                       f"{name!r}.")
+      raise ConfigError(f"A {self.kind} name must be a non-empty string, got "
+                        f"{name!r}.")
 
     def add(fn):
       if not callable(fn):
-        raise ValueError(f"{self.kind.capitalize()} {name!r}: the builder "
-                         f"must be callable (a class or function), got "
-                         f"{fn!r}.")
+        raise ConfigError(f"{self.kind.capitalize()} {name!r}: the builder "
+                          f"must be callable (a class or function), got "
+                          f"{fn!r}.")
       if name in self._entries:
         old = self._entries[name][0]
-        raise ValueError(
+        raise ConfigError(
             f"{self.kind.capitalize()} {name!r} is already registered (by "
             f"{getattr(old, '__module__', '?')}."
             f"{getattr(old, '__qualname__', old)}).")
@@ -143,7 +143,7 @@ class Registry:
     builder, fixed = self.lookup(name)
     for key in kwargs:
       if key in fixed:
-        raise ValueError(
+        raise ConfigError(
             f"{self.kind.capitalize()} {name!r} fixes {key}="
             f"{fixed[key]!r}; do not pass {key}={kwargs[key]!r}. "
             f"Accepted: {self.accepted(name)}.")
@@ -151,24 +151,6 @@ class Registry:
       accepted = self.accepted(name)
       for key in kwargs:
         if key not in accepted:
-          raise ValueError(f"{self.kind.capitalize()} {name!r} takes no "
-                           f"argument {key!r}. Accepted: {accepted}.")
+          raise ConfigError(f"{self.kind.capitalize()} {name!r} takes no "
+                            f"argument {key!r}. Accepted: {accepted}.")
     return builder(**fixed, **kwargs)
-
-
-def deprecated_names_alias(registry: Registry, old: str, new: str):
-  """A function `old()` that warns (DeprecationWarning) and returns
-  `registry.names()`, for the `list()` functions that shadowed the builtin.
-
-  Python shows a DeprecationWarning once per calling line (and by default
-  only in `__main__` and under test runners).
-  """
-
-  def alias():
-    warnings.warn(f"{old}() is deprecated (it shadowed the builtin list): "
-                  f"use {new}().", DeprecationWarning, stacklevel=2)
-    return registry.names()
-
-  alias.__name__ = alias.__qualname__ = old.rsplit(".", 1)[-1]
-  alias.__doc__ = f"Deprecated: use {new}()."
-  return alias

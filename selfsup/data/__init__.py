@@ -11,7 +11,7 @@ unbatched `{"image": uint8 [H, W, 3] RGB, "label": int64}`. docs/data.md
 describes the splits, the layouts of the folder sources, the bad-file policy
 and sharding.
 """
-from selfsup.core.registry import Registry, deprecated_names_alias
+from selfsup.core.registry import Registry
 from selfsup.data import digits as _digits
 from selfsup.data import fashion_mnist as _fashion_mnist
 from selfsup.data import folder as _folder
@@ -30,8 +30,6 @@ from selfsup.data.subset import Subset
 SOURCES = Registry("data source")
 register = SOURCES.register
 names = SOURCES.names
-list = deprecated_names_alias(  # pylint: disable=redefined-builtin
-    SOURCES, "selfsup.data.list", "selfsup.data.names")
 
 
 def get(name, *, fraction=None, subset_seed=0, **kwargs):

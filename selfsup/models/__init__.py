@@ -3,12 +3,10 @@
     model = selfsup.models.get("resnet50_v2", width=8, num_classes=1000)
     endpoints = model(images)   # after_root, block1..4, pre_logits, logits
 
-`selfsup.models.names()` names them all (`BACKBONES` is their registry);
-`selfsup.models.list()` is a deprecated spelling of `names()`.
+`selfsup.models.names()` names them all (`BACKBONES` is their registry).
 """
 from selfsup.models.base import ENDPOINTS, Backbone
 from selfsup.models.registry import BACKBONES, get, names, register
-from selfsup.models.registry import list  # pylint: disable=redefined-builtin
 from selfsup.models.resnet import ResNet
 from selfsup.models.revnet import ChannelPad, RevNet, RevUnit
 from selfsup.models.tf1 import TF1CheckpointError, load_tf1

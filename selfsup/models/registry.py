@@ -6,12 +6,10 @@ num_classes, weight_decay, input_shape, batch_norm, bn_momentum, ...);
 `get` refuses an argument the name fixes or the architecture does not take,
 listing those it takes.
 """
-from selfsup.core.registry import Registry, deprecated_names_alias
+from selfsup.core.registry import Registry
 
 BACKBONES = Registry("backbone", check_arguments=True)
 
 register = BACKBONES.register
 get = BACKBONES.get
 names = BACKBONES.names
-list = deprecated_names_alias(  # pylint: disable=redefined-builtin
-    BACKBONES, "selfsup.models.list", "selfsup.models.names")

@@ -174,31 +174,3 @@ def check(specs):
 
 LINEAR_EVAL = linear_eval_specs()
 PATCH_REPRESENTATION_EVAL = patch_representation_specs()
-
-
-# Names this module had before the tasks owned their specs.
-_REMOVED = {
-    "TASKS": "selfsup.tasks.TASKS.names()",
-    "PATCH_TASKS": "[n for n in selfsup.tasks.TASKS if "
-                   "selfsup.tasks.TASKS.lookup(n)[0].patch_based]",
-    "task_specs": "selfsup.tasks.TASKS.lookup(name)[0].pretext_specs(...)",
-    "patch_task_specs": "selfsup.tasks.Jigsaw.pretext_specs(...) or "
-                        "selfsup.tasks.RelativePatchLocation.pretext_specs(...)",
-    "rotation_specs": "selfsup.tasks.Rotation.pretext_specs(size)",
-    "exemplar_specs": "selfsup.tasks.Exemplar.pretext_specs(size, copies, "
-                      "gray_p)",
-    "supervised_specs": "selfsup.tasks.Supervised.pretext_specs(size)",
-    "evaluation_specs": "selfsup.tasks.TASKS.lookup(name)[0]"
-                        ".evaluation_specs(image_size)",
-    "TASK_SPECS": "selfsup.tasks.TASKS.lookup(name)[0].pretext_specs()",
-    "EVAL_SPECS": "selfsup.tasks.TASKS.lookup(name)[0].evaluation_specs(size)",
-}
-
-
-def __getattr__(name):
-  if name in _REMOVED:
-    raise AttributeError(
-        f"selfsup.preprocess.specs.{name} is gone: each task owns its specs "
-        f"now; use {_REMOVED[name]}.")
-  raise AttributeError(
-      f"module 'selfsup.preprocess.specs' has no attribute {name!r}")

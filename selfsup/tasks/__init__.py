@@ -9,7 +9,7 @@ model and a loss:
 `TASKS` is their registry, by each class's `name`; `names()` lists them
 (`list()` is a deprecated spelling of it).
 """
-from selfsup.core.registry import Registry, deprecated_names_alias
+from selfsup.core.registry import Registry
 from selfsup.tasks.base import Task
 from selfsup.tasks.image_tasks import Exemplar, Rotation, Supervised
 from selfsup.tasks.losses import triplet_semihard_loss
@@ -23,8 +23,6 @@ for _cls in (Rotation, Exemplar, Jigsaw, RelativePatchLocation, Supervised,
 del _cls
 
 names = TASKS.names
-list = deprecated_names_alias(  # pylint: disable=redefined-builtin
-    TASKS, "selfsup.tasks.list", "selfsup.tasks.names")
 
 
 def get(name, **kwargs):
