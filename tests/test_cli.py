@@ -17,7 +17,8 @@ TINY = ["--gin_file=gin/rotation.gin", "--gin_file=gin/demo.gin",
         "--gin_param=TrainConfig.train_steps=4",
         "--gin_param=TrainConfig.steps_per_loop=2",
         "--gin_param=TrainConfig.checkpoint_steps=2",
-        "--gin_param=TrainConfig.eval_batches=1"]
+        "--gin_param=TrainConfig.eval_batches=1",
+        "--gin_param=TrainConfig.online_probe=False"]
 
 
 def _run(script, *args, check=True):

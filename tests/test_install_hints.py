@@ -2,6 +2,7 @@
 missing scikit-learn is one `error:` line naming the extra, and hints name
 the commands as this installation spells them (`selfsup-demo` from a wheel,
 `bin/demo` in a checkout)."""
+import ast
 import os
 import subprocess
 import sys
@@ -29,13 +30,27 @@ def test_command_spelling_in_a_checkout_and_from_a_wheel(tmp_path):
     commands.name("demo")
 
 
-def test_pretrain_hint_names_the_installed_command(monkeypatch):
-  from selfsup.cli import pretrain  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(commands, "in_checkout", lambda: False)
-  hint = pretrain.demo_hint()
-  assert "selfsup-demo" in hint and "bin/" not in hint
-  monkeypatch.setattr(commands, "in_checkout", lambda: True)
-  assert "  bin/demo" in pretrain.demo_hint()
+_HINTS = """
+from selfsup.core import commands
+from selfsup.cli import pretrain
+commands.in_checkout = lambda: False
+print(repr(pretrain.demo_hint()))
+commands.in_checkout = lambda: True
+print(repr(pretrain.demo_hint()))
+"""
+
+
+def test_pretrain_hint_names_the_installed_command():
+  # In a child: importing a command defines its absl flags in this process,
+  # and the commands' modules define some of the same flag names.
+  result = subprocess.run([sys.executable, "-c", _HINTS],
+                          env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=300,
+                          check=True)
+  wheel, checkout = [ast.literal_eval(line)
+                     for line in result.stdout.strip().splitlines()[-2:]]
+  assert "selfsup-demo" in wheel and "bin/" not in wheel
+  assert "  bin/demo" in checkout
 
 
 def _no_sklearn(tmp_path):

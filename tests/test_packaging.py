@@ -21,7 +21,8 @@ TINY = ["--gin_file=rotation.gin", "--gin_file=demo",
         "--gin_param=TrainConfig.train_steps=2",
         "--gin_param=TrainConfig.steps_per_loop=1",
         "--gin_param=TrainConfig.checkpoint_steps=2",
-        "--gin_param=TrainConfig.eval_batches=1"]
+        "--gin_param=TrainConfig.eval_batches=1",
+        "--gin_param=TrainConfig.online_probe=False"]
 SCRIPTS = ("selfsup", "selfsup-pretrain", "selfsup-linear-eval",
            "selfsup-import-tf1", "selfsup-study", "selfsup-report")
 
@@ -135,7 +136,7 @@ COMMANDS = {  # bin script: flags its --help must list
     "pretrain": ("--workdir", "--gin_file", "--gin_param", "--data_dir",
                  "--strategy=auto"),
     "linear_eval": ("--workdir", "--gin_file", "--data_dir"),
-    "import_tf1": ("--checkpoint", "--backbone", "--width", "--task=rotation",
+    "import_tf1": ("--checkpoint", "--backbone=auto", "--width", "--task=rotation",
                    "--workdir"),
     "study": ("--gin_file", "--root", "--dry_run=False", "--only"),
     "report": ("--root", "--out", "--figures=True"),
@@ -201,4 +202,7 @@ def test_import_tf1_backbone_choices_are_the_registry():
   import selfsup.models  # pylint: disable=import-outside-toplevel
   from selfsup.cli import import_tf1  # pylint: disable=import-outside-toplevel
   flag = import_tf1.FLAGS["backbone"]
-  assert sorted(flag.parser.enum_values) == selfsup.models.names()
+  # "auto" (the default) reads the architecture off the checkpoint.
+  assert flag.default == "auto"
+  assert sorted(set(flag.parser.enum_values) - {"auto"}) == (
+      selfsup.models.names())

@@ -92,6 +92,7 @@ def _trainer(workdir, source=None, **cfg):
   task = runs.make_task("rotation")
   source = source or runs.digits(runs.FIXED_FRACTION)
   cfg = dict(dict(train_steps=6, eval_split="val", probe_every=2,
+                  online_probe=None,
                   probe_eval_batches=2, sync_batch_norm=False,
                   checkpoint_steps=2), **cfg)
   return Trainer(task, source, str(workdir), runs.config(**cfg))

@@ -154,7 +154,8 @@ study.params = ("build_task.image_size = 16",
                 'build_source.source_kwargs = {"image_size": 16}',
                 "TrainConfig.train_steps = 4", "TrainConfig.steps_per_loop = 2",
                 "TrainConfig.checkpoint_steps = 2",
-                "TrainConfig.eval_batches = 1")
+                "TrainConfig.eval_batches = 1",
+                "TrainConfig.online_probe = False")
 study.random_init_params = ("TrainConfig.train_steps = 0",
                             "TrainConfig.bn_recalibration_batches = 2")
 study.evaluations = ("lbfgs",)

@@ -144,7 +144,10 @@ def config(peak_lr=0.1, **overrides):
   kwargs = dict(batch_size=FIXED_BATCH, train_steps=12, base_lr=0.1,
                 warmup_epochs=0, decay_epochs=(), steps_per_loop=1,
                 checkpoint_steps=1000, seed=SEED, shuffle_buffer=0,
-                sync_batch_norm=True)
+                sync_batch_norm=True,
+                # The online probe (on by default with labels) has its own
+                # tests (test_probe.py); elsewhere it would only add traces.
+                online_probe=False)
   kwargs.update(overrides)
   if "base_lr" not in overrides:
     kwargs["base_lr"] = peak_lr * 256 / kwargs["batch_size"]
