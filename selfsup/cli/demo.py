@@ -223,6 +223,9 @@ def main(argv):
   # The commands find these gin files in the package, from any directory.
   pretrain = ["selfsup.cli.pretrain", f"--gin_file={args.task}.gin"]
   pretrain += [f"--gin_file={g}" for g in conf["gin"]]
+  # The demo shows the layers' linear evaluation; the online probe would only
+  # add time (--gin_param=TrainConfig.online_probe=True brings it back).
+  pretrain.append("--gin_param=TrainConfig.online_probe=False")
   if data == "fashion_mnist" and args.download:
     pretrain.append('--gin_param=build_source.source_kwargs='
                     '{"image_size": 32, "download": True}')
