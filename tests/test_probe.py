@@ -113,8 +113,11 @@ def test_probe_does_not_change_training(tmp_path):
       record = json.loads((tmp_path / "True" / "online_probe.json")
                           .read_text())
       assert record["eval_split"] == "val" and len(record["history"]) == 4
+  # Identical here; a bound far below what one leaked gradient step moves,
+  # in case another processor schedules the extra ops' threads differently.
   for key, value in trained[False].items():
-    np.testing.assert_array_equal(trained[True][key], value, err_msg=key)
+    np.testing.assert_allclose(trained[True][key], value, rtol=1e-6,
+                               atol=1e-7, err_msg=key)
 
 
 def test_resumed_run_continues_the_probe_exactly(tmp_path):
