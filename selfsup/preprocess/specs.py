@@ -157,13 +157,21 @@ def view(size, *, jitter=SIMCLR_JITTER, strength=1.0, jitter_p=0.8,
 
 def two_view_specs(first, second=None):
   """Specs of a two-view method from its view specs (`view`): image
-  [2, H, W, 3]. In evaluation both views are the same central crop."""
+  [2, H, W, 3].
+
+  Evaluation uses the training augmentations too: the pretext metrics (the
+  NT-Xent top-1, the losses) mean something only on two different views,
+  and two identical central crops make SimCLR's top-1 1.0 even at random
+  initialisation. The evaluation pipelines are seeded (per example, by
+  position), so every evaluation sees the same pairs of views; without a
+  `_seed` the views are drawn from TensorFlow's global random state.
+  """
   second = second or first
   pair = f'two_views("{first}", "{second}"'
-  # Evaluation says training=False itself, so that the deterministic views
-  # stay deterministic whatever mode a pipeline parses the spec in.
+  # The evaluation spec says training=True itself: it is parsed with
+  # training=False, which would make both views the same central crop.
   return {"train": join("decode", pair + ")"),
-          "eval": join("decode", pair + ", training=False)"), "batch": ""}
+          "eval": join("decode", pair + ", training=True)"), "batch": ""}
 
 
 def check(specs):
