@@ -523,3 +523,36 @@ def test_report_draws_the_online_probe_curves(tmp_path):
   assert os.path.join(out, "fig_probe.png") in written
   assert "Online linear probe (pre-logits) on val" in open(
       os.path.join(out, "report.md")).read()
+
+
+def test_gain_table_compares_best_layers_with_random_init(tmp_path):
+  """Each cell's best layer against random init's best layer of the same
+  architecture (at the baseline's only width), † beyond the seeds' noise."""
+  root = str(tmp_path / "root")
+  os.makedirs(root)
+  values = {  # (block1, pre_logits) per seed
+      ("random_init", 0.5): ((0.80, 0.40), (0.81, 0.41), (0.79, 0.42)),
+      ("rotation", 0.5): ((0.85, 0.60), (0.86, 0.62), (0.84, 0.61)),
+      ("simclr", 0.25): ((0.78, 0.70), (0.82, 0.71), (0.80, 0.72))}
+  for (task, width), seeds in values.items():
+    for seed, (block1, pre) in enumerate(seeds):
+      kind = "random_init" if task == "random_init" else "pretext"
+      _cell(root, f"{task}-revnet50-w{width}-s{seed}",
+            dict(task=task, kind=kind, backbone="revnet50", width=width,
+                 seed=seed),
+            [_entry(block1, layer="block1"), _entry(pre)])
+  rows = results.pool_seeds(results.rows(results.load_cells(root)))
+  (_, header, body, notes), = report.gain_tables(rows)
+  assert header[:5] == ["cell", "best layer", "top-1", "random init's best",
+                        "gain"]
+  assert body == [
+      ["rotation revnet50 x0.5", "block1", "85.0 ± 1.0",
+       "80.0 ± 1.0 (block1)", "+5.0†", "+20.0†"],
+      # 80 against 80: no gain, within the noise; compared at width 0.5.
+      ["simclr revnet50 x0.25", "block1", "80.0 ± 2.0",
+       "80.0 ± 1.0 (block1)", "+0.0", "+30.0†"]]
+  assert any("baseline's width" in n for n in notes)
+  out = str(tmp_path / "report")
+  report.write_report(root, out, figures=False)
+  assert "## Best layer against random initialisation" in open(
+      os.path.join(out, "report.md")).read()

@@ -4,6 +4,9 @@
   - a Table-1-style table per evaluation setting of the pre-logits
     (architecture x task x width, the best of each column in bold, the
     paper's number in brackets where the setting is one it reports),
+  - where the study has random-init baselines, each cell's best layer and
+    pre-logits against those of random initialisation (the gain, marked
+    where it exceeds the seeds' noise),
   - the supplementary skip-connection ablation table, where the study has
     cells that differ only in their backbone option,
   - the cells' status and timings,
@@ -129,6 +132,64 @@ def layer_tables(rows):
   return out
 
 
+def gain_tables(rows):
+  """[(context, header, body, notes)]: each pretrained cell's best layer
+  against the best layer of the same architecture at random initialisation
+  (the `random_init` baseline at the same width, or at its only width), and
+  the same at pre_logits: the question bin/demo asks, per cell."""
+  out = []
+  for ctx in order(context(r) for r in rows):
+    sel = [r for r in rows if context(r) == ctx]
+    random = {}
+    for r in sel:
+      if r["task"] == "random_init":
+        random.setdefault((r["backbone"], r["width"]), {})[r["layer"]] = r
+    if not random:
+      continue
+    by_cell = {}
+    for r in sel:
+      if r["task"] != "random_init":
+        by_cell.setdefault((r["task"], r["backbone"], r["width"]),
+                           {})[r["layer"]] = r
+    body, other_width = [], False
+    tasks = order((k[0] for k in by_cell), TASK_ORDER)
+    for task in tasks:
+      for key in sorted(k for k in by_cell if k[0] == task):
+        _, backbone, width = key
+        widths = sorted(w for b, w in random if b == backbone)
+        if not widths:
+          continue
+        base_width = width if width in widths else widths[-1]
+        other_width |= base_width != width
+        base = random[(backbone, base_width)]
+        layers = by_cell[key]
+        best = max(layers.values(), key=lambda r: r["top1"])
+        base_best = max(base.values(), key=lambda r: r["top1"])
+        gain = 100 * (best["top1"] - base_best["top1"])
+        mark = "†" if results_lib.beyond_noise(best, base_best) else ""
+        line = [f"{task} {backbone} x{fmt(width)}", best["layer"],
+                percent(best), f"{percent(base_best)} ({base_best['layer']})",
+                f"{gain:+.1f}{mark}"]
+        if "pre_logits" in layers and "pre_logits" in base:
+          a, b = layers["pre_logits"], base["pre_logits"]
+          line.append(f"{100 * (a['top1'] - b['top1']):+.1f}"
+                      + ("†" if results_lib.beyond_noise(a, b) else ""))
+        else:
+          line.append("")
+        body.append(line)
+    if not body:
+      continue
+    notes = ["†: the difference exceeds twice the standard error of the "
+             "difference over the seeds (Welch)."]
+    if other_width:
+      notes.append("Where the baseline was not run at a cell's width, the "
+                   "cell is compared with the baseline's width.")
+    header = ["cell", "best layer", "top-1", "random init's best",
+              "gain", "gain at pre_logits"]
+    out.append((ctx, header, body, notes))
+  return out
+
+
 def ablation_tables(rows, paper):
   """The skip-connection (or any backbone option) ablation: cells alike but
   for their option, layer by layer, with the difference (supplementary
@@ -217,6 +278,14 @@ def build(root, out, figures=True, paper=None):
     blocks.append(describe(ctx) + ". Spatial endpoints adaptively "
                   "max-pooled to at most 9,000 features, as the paper.")
     blocks.append(markdown_table(header, body))
+  for ctx, header, body, notes in gain_tables(rows):
+    blocks.append("## Best layer against random initialisation")
+    blocks.append(describe(ctx) + ". Each cell's best layer (by its mean "
+                  "over the seeds) against the best layer of the same "
+                  "architecture left at its random initialisation; gains "
+                  "in points of top-1.")
+    blocks.append(markdown_table(header, body))
+    blocks += notes
   for title, header, body in ablation_tables(rows, paper):
     blocks.append("## Ablation: backbone options layer by layer")
     blocks.append(title + ". The paper's is supplementary Table 1 (ResNet18 "
