@@ -95,11 +95,14 @@ def main(argv):
     return
   end = results.get("pretext_eval_end", {})
   start = results.get("pretext_eval_start", {})
+  # The pretext accuracy where the task has one (BYOL, Barlow Twins: loss).
+  metric = "accuracy" if "accuracy" in end else "loss"
+  change = (f"pretext {metric} {start.get(metric, float('nan')):.3f} -> "
+            f"{end.get(metric, float('nan')):.3f}" if metric in end else
+            "no pretext evaluation")
   print(f"pretrained {results['task']} ({results['backbone']}, width "
-        f"{results['width']}) for {results['step']} steps; pretext accuracy "
-        f"{start.get('accuracy', float('nan')):.3f} -> "
-        f"{end.get('accuracy', float('nan')):.3f}; export: "
-        f"{results['export']}")
+        f"{results['width']}) for {results['step']} steps; {change}; "
+        f"export: {results['export']}")
 
 
 def _chief():

@@ -486,10 +486,13 @@ class Trainer:
     done = self.step - start_step
     rate = done / max(time.time() - start_time, 1e-9)
     eta = (end - self.step) / max(rate, 1e-9)
-    progress.info(
-        "step %d/%d  loss %.4f  accuracy %.3f  lr %.4g  %.1f img/s  ETA %s",
-        self.step, end, logs["loss"], logs.get("accuracy", float("nan")),
-        logs["learning_rate"], logs["images_per_sec"], format_eta(eta))
+    # BYOL and Barlow Twins have no accuracy: their line leaves it out.
+    accuracy = (f"  accuracy {logs['accuracy']:.3f}" if "accuracy" in logs
+                else "")
+    progress.info("step %d/%d  loss %.4f%s  lr %.4g  %.1f img/s  ETA %s",
+                  self.step, end, logs["loss"], accuracy,
+                  logs["learning_rate"], logs["images_per_sec"],
+                  format_eta(eta))
 
   def evaluate(self, split=None, num_batches=None, batch_size=None):
     """Pretext loss and accuracy on `split` with the evaluation spec.
