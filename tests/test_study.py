@@ -556,3 +556,17 @@ def test_gain_table_compares_best_layers_with_random_init(tmp_path):
   report.write_report(root, out, figures=False)
   assert "## Best layer against random initialisation" in open(
       os.path.join(out, "report.md")).read()
+
+
+def test_kept_cells_make_the_same_report(hand_written, tmp_path):
+  kept = str(tmp_path / "kept")
+  assert results.keep_cells(hand_written, kept) == 5
+  assert sorted(os.listdir(os.path.join(kept, "rotation-revnet50-w4"))) == [
+      "cell.json", "pretrain_results.json", "results.json"]
+  texts = []
+  for root in (hand_written, kept):
+    out = str(tmp_path / ("report_" + os.path.basename(root)))
+    report.write_report(root, out, figures=False)
+    text = open(os.path.join(out, "report.md")).read()
+    texts.append(text.replace(root, "ROOT"))
+  assert texts[0] == texts[1]

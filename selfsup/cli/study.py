@@ -92,6 +92,10 @@ def _report_flags():
                       "(default ROOT/report).")
   flags.DEFINE_boolean("figures", True, "Draw the PNG figures (needs "
                        "matplotlib: pip install selfsup[study]).")
+  flags.DEFINE_string("keep_cells", None, "Also copy what the report reads "
+                      "of each cell (cell.json, pretrain_results.json, "
+                      "results.json) to this folder: bin/report "
+                      "--root=KEEP_CELLS makes the same report.")
 
 
 def report_main(argv):
@@ -102,9 +106,14 @@ def report_main(argv):
   out = FLAGS.out or os.path.join(FLAGS.root, "report")
   try:
     written = report.write_report(FLAGS.root, out, figures=FLAGS.figures)
+    if FLAGS.keep_cells:
+      from selfsup.study import results  # pylint: disable=g-import-not-at-top
+      kept = results.keep_cells(FLAGS.root, FLAGS.keep_cells)
   except (ValueError, FileNotFoundError, ImportError) as err:
     sys.exit(f"error: {err}")
   print(f"report written: {', '.join(written)}")
+  if FLAGS.keep_cells:
+    print(f"{kept} cells' results kept in {FLAGS.keep_cells}")
 
 
 def run_study():

@@ -64,6 +64,26 @@ def load_cells(root):
   return cells
 
 
+# What a report reads of a cell (load_cells, rows): copied by `keep_cells`.
+CELL_FILES = (runner.CELL_RECORD, "pretrain_results.json", "results.json")
+
+
+def keep_cells(root, dest):
+  """Copies what the report reads of each cell under `root` (cell.json,
+  pretrain_results.json, results.json) to dest/<cell>/, so that
+  `bin/report --root=dest` makes the same report without the checkpoints,
+  exports and feature caches. Returns the number of cells copied."""
+  from selfsup.core import files  # pylint: disable=import-outside-toplevel
+  cells = load_cells(root)
+  for cell in cells:
+    os.makedirs(os.path.join(dest, cell["name"]), exist_ok=True)
+    for name in CELL_FILES:
+      value = _read_json(os.path.join(cell["dir"], name))
+      if value is not None:
+        files.write_json(os.path.join(dest, cell["name"], name), value)
+  return len(cells)
+
+
 def rows(cells):
   """One row per (cell, result entry); entries tagged by the runner with the
   step that made them first, then the rest of results.json."""
