@@ -46,10 +46,16 @@ class OnlineProbe:
     self.endpoints = tuple(feature_dims)
     self.patch_based = patch_based
     self.label_key = label_key
+    # Batch norm without scale or shift before the linear layer (as MAE's
+    # linear probe): the features' scale differs by orders of magnitude
+    # between tasks and steps, and one Adam rate must fit all of them.
+    # Still a linear classifier of the features.
     self.heads = {
-        name: keras.Sequential([keras.Input((dim,)),
-                                keras.layers.Dense(num_classes,
-                                                   name="logits")],
+        name: keras.Sequential([
+            keras.Input((dim,)),
+            keras.layers.BatchNormalization(center=False, scale=False,
+                                            momentum=0.9, name="normalize"),
+            keras.layers.Dense(num_classes, name="logits")],
                                name=f"probe_{name}")
         for name, dim in feature_dims.items()}
     self.optimizer = keras.optimizers.Adam(learning_rate)
@@ -94,8 +100,8 @@ class OnlineProbe:
       images = images[:, 0]
     return images
 
-  def _logits(self, feats):
-    return {name: self.heads[name](feats[name], training=True)
+  def _logits(self, feats, training):
+    return {name: self.heads[name](feats[name], training=training)
             for name in self.endpoints}
 
   def train_step(self, backbone, batch, replicas):
@@ -107,7 +113,7 @@ class OnlineProbe:
     logs = {}
     with tf.GradientTape() as tape:
       losses = []
-      for name, logits in self._logits(feats).items():
+      for name, logits in self._logits(feats, training=True).items():
         loss = tf.reduce_mean(
             tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         losses.append(loss)
@@ -125,7 +131,7 @@ class OnlineProbe:
     step = tf.function(lambda b: {
         name: _correct(logits, tf.cast(b["label"], tf.int32))
         for name, logits in self._logits(
-            self.features(backbone, b["image"])).items()})
+            self.features(backbone, b["image"]), training=False).items()})
     correct = {name: 0.0 for name in self.endpoints}
     count = 0
     for batch in dataset:
