@@ -36,3 +36,29 @@ def test_method_config_is_the_papers_recipe(task, tmp_path, monkeypatch):
     assert task_obj.name == task and task_obj.width == 4
   finally:
     gin.clear_config()
+
+
+# The laptop recipes of gin/demo/<task>.gin, tuned on Fashion-MNIST's val
+# (docs/methods.md): (lr_scaling, base_lr).
+LAPTOP = {"simclr": ("sqrt", 0.3), "byol": ("sqrt", 1.0),
+          "barlow_twins": ("sqrt", 0.3)}
+
+
+@pytest.mark.parametrize("task", sorted(LAPTOP))
+def test_bin_demo_adds_the_methods_laptop_recipe(task, tmp_path, monkeypatch):
+  from selfsup.cli import demo  # pylint: disable=import-outside-toplevel
+  assert demo.task_gin(task) == (f"demo/{task}.gin",)
+  assert demo.task_gin("rotation") == ()
+  monkeypatch.chdir(tmp_path)
+  gin.clear_config()
+  try:
+    for name in (f"{task}.gin",) + demo.DATA["fashion_mnist"]["gin"] + \
+        demo.task_gin(task):
+      gin.parse_config_file(os.path.join(REPO, "gin", name))
+    cfg = selfsup.train.experiment.ConfiguredTrainConfig()
+    assert (cfg.lr_scaling, cfg.base_lr, cfg.batch_size) == (
+        LAPTOP[task] + (128,))
+    task_obj = selfsup.train.experiment.build_task()
+    assert task_obj.name == task and task_obj.image_size == 32
+  finally:
+    gin.clear_config()

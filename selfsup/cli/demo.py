@@ -22,12 +22,13 @@ import subprocess
 import sys
 import time
 
-from selfsup.core import files
+from selfsup.core import files, gin_files
 from selfsup.study import labels
 from selfsup.core import lock
 
 # Every task: its gin file, then gin/demo.gin's laptop settings (and the
-# data's), in the study's order.
+# data's, then the task's own laptop recipe where gin/demo/ has one), in the
+# study's order.
 TASKS = labels.PRETEXT_TASKS + labels.METHODS + ("supervised",)
 LAYERS = ("block1", "block2", "block3", "block4", "pre_logits")
 # Per data set: the pretraining gin files (after the task's), and the linear
@@ -50,6 +51,15 @@ RANDOM_INIT = ["--gin_param=TrainConfig.train_steps=0",
                "--gin_param=TrainConfig.bn_recalibration_batches=60"]
 # Gains of at least this many points of top-1 count as a clear win.
 CLEAR_GAIN = 3.0
+
+
+def task_gin(task):
+  """The task's laptop recipe, gin/demo/<task>.gin, where it has one (the
+  methods' learning rates for a batch of 128, tuned on Fashion-MNIST's
+  val), as a tuple of gin file names."""
+  name = f"demo/{task}.gin"
+  base = gin_files.gin_dir()
+  return (name,) if base and os.path.exists(os.path.join(base, name)) else ()
 
 
 class DemoError(Exception):
@@ -222,7 +232,7 @@ def main(argv):
     print(note)
   # The commands find these gin files in the package, from any directory.
   pretrain = ["selfsup.cli.pretrain", f"--gin_file={args.task}.gin"]
-  pretrain += [f"--gin_file={g}" for g in conf["gin"]]
+  pretrain += [f"--gin_file={g}" for g in conf["gin"] + task_gin(args.task)]
   # The demo shows the layers' linear evaluation; the online probe would only
   # add time (--gin_param=TrainConfig.online_probe=True brings it back).
   pretrain.append("--gin_param=TrainConfig.online_probe=False")
