@@ -48,6 +48,9 @@ def test_probe_learns_and_leaves_the_backbone_alone():
   top1 = probe.evaluate(backbone, ds)
   assert set(top1) == {"pre_logits", "block2"}
   assert top1["block2"] > 0.9
+  # Later evaluations reuse the traced function (batches of 10 and of 4).
+  assert probe.evaluate(backbone, ds) == top1
+  assert probe._eval_step.experimental_get_tracing_count() <= 2
 
 
 def test_patch_batches_average_their_patches():

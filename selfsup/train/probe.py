@@ -60,6 +60,7 @@ class OnlineProbe:
         for name, dim in feature_dims.items()}
     self.optimizer = keras.optimizers.Adam(learning_rate)
     self.optimizer.build(self.trainable_variables)
+    self._eval_backbone = self._eval_step = None
 
   @property
   def trainable_variables(self):
@@ -128,10 +129,16 @@ class OnlineProbe:
   def evaluate(self, backbone, dataset):
     """{endpoint: top-1} over `dataset` (batches of downstream images with
     "label"); ties count against the probe."""
-    step = tf.function(lambda b: {
-        name: _correct(logits, tf.cast(b["label"], tf.int32))
-        for name, logits in self._logits(
-            self.features(backbone, b["image"]), training=False).items()})
+    # One traced function per backbone, kept: a new tf.function at every
+    # evaluation traced the backbone again each time.
+    if self._eval_backbone is not backbone:
+      self._eval_backbone = backbone
+      self._eval_step = tf.function(lambda b: {
+          name: _correct(logits, tf.cast(b["label"], tf.int32))
+          for name, logits in self._logits(
+              self.features(backbone, b["image"]), training=False).items()},
+                                    reduce_retracing=True)
+    step = self._eval_step
     correct = {name: 0.0 for name in self.endpoints}
     count = 0
     for batch in dataset:
