@@ -94,7 +94,7 @@ def test_bad_specs_are_named(kw, needle):
 @pytest.mark.parametrize("name,count", [("demo", 30), ("paper_table1", 114),
                                         ("paper_layers", 12),
                                         ("paper_width_repr", 12),
-                                        ("modern", 90)])
+                                        ("modern", 72)])
 def test_study_files_expand(name, count):
   gin.clear_config()
   try:
