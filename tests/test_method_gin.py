@@ -32,6 +32,9 @@ def test_method_config_is_the_papers_recipe(task, tmp_path, monkeypatch):
     assert (cfg.optimizer, cfg.schedule, cfg.warmup_epochs) == (
         "lars", "cosine", 10)
     assert set(cfg.exclude_from_weight_decay) >= {"bias", "gamma", "beta"}
+    # Barlow Twins: biases and batch norm at 0.0048 against 0.2.
+    assert cfg.lr_multipliers == ({"bias|gamma|beta": 0.024}
+                                  if task == "barlow_twins" else None)
     task_obj = selfsup.train.experiment.build_task()
     assert task_obj.name == task and task_obj.width == 4
   finally:
@@ -58,6 +61,7 @@ def test_bin_demo_adds_the_methods_laptop_recipe(task, tmp_path, monkeypatch):
     cfg = selfsup.train.experiment.ConfiguredTrainConfig()
     assert (cfg.lr_scaling, cfg.base_lr, cfg.batch_size) == (
         LAPTOP[task] + (128,))
+    assert cfg.lr_multipliers is None  # one rate for all, as tuned
     task_obj = selfsup.train.experiment.build_task()
     assert task_obj.name == task and task_obj.image_size == 32
   finally:

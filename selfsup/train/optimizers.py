@@ -24,8 +24,11 @@ class LARS(keras.optimizers.Optimizer):
       g <- g + weight_decay * w                  (unless excluded from decay)
       r  = eeta * |w| / |g| if |w| > 0 and |g| > 0, else 1
                                                  (1 if excluded from adaptation)
-      v <- momentum * v + lr * r * g
-      w <- w - v     (nesterov: w - (momentum * v + lr * r * g))
+      v <- momentum * v + lr * m * r * g
+      w <- w - v     (nesterov: w - (momentum * v + lr * m * r * g))
+
+  where m is the variable's rate multiplier (1 unless a pattern of
+  `learning_rate_multipliers` matches its path).
 
   Args:
     learning_rate: a float or a schedule.
@@ -37,12 +40,17 @@ class LARS(keras.optimizers.Optimizer):
       `exclude_from_weight_decay` (as SimCLR's implementation).
     eeta: the trust coefficient (0.001).
     nesterov: Nesterov momentum.
+    learning_rate_multipliers: {regular expression: factor}; a variable
+      whose path matches a pattern (the first, in order) gets its rate
+      multiplied by the factor (Barlow Twins: biases and batch-norm
+      parameters at 0.0048 / 0.2 = 0.024 of the weights' rate).
   """
 
   def __init__(self, learning_rate, momentum=0.9, weight_decay=0.0,
                exclude_from_weight_decay=None,
                exclude_from_layer_adaptation=None, eeta=0.001,
-               nesterov=False, name="lars", **kwargs):
+               nesterov=False, learning_rate_multipliers=None, name="lars",
+               **kwargs):
     kwargs.pop("weight_decay", None)
     # The base class's weight_decay is decoupled decay: left None here.
     super().__init__(learning_rate=learning_rate, name=name, **kwargs)
@@ -60,6 +68,8 @@ class LARS(keras.optimizers.Optimizer):
             "LARS.exclude_from_layer_adaptation",
             exclude_from_layer_adaptation))
     self._explicit_adaptation = exclude_from_layer_adaptation
+    self.learning_rate_multipliers = _multipliers(
+        "LARS.learning_rate_multipliers", learning_rate_multipliers)
 
   def build(self, variables):
     if self.built:
@@ -71,6 +81,7 @@ class LARS(keras.optimizers.Optimizer):
     # no Keras path.
     self._decay_flags = [self.decays(v) for v in variables]
     self._adapt_flags = [self.adapts(v) for v in variables]
+    self._rate_factors = [self.rate_multiplier(v) for v in variables]
 
   def decays(self, variable):
     """Whether `variable` gets the weight decay."""
@@ -82,10 +93,21 @@ class LARS(keras.optimizers.Optimizer):
     return not _matches(self.exclude_from_layer_adaptation_patterns,
                         _path(variable))
 
+  def rate_multiplier(self, variable):
+    """The factor on `variable`'s learning rate (1.0 unless a pattern of
+    `learning_rate_multipliers` matches its path)."""
+    path = _path(variable)
+    for pattern, factor in self.learning_rate_multipliers.items():
+      if re.search(pattern, path):
+        return factor
+    return 1.0
+
   def update_step(self, gradient, variable, learning_rate):
     index = self._get_variable_index(variable)
     dtype = variable.dtype
     lr = ops.cast(learning_rate, dtype)
+    if self._rate_factors[index] != 1.0:
+      lr = lr * ops.cast(self._rate_factors[index], dtype)
     g = ops.cast(gradient, dtype)
     if self._decay_flags[index]:
       g = g + ops.cast(self.lars_weight_decay, dtype) * variable
@@ -114,7 +136,8 @@ class LARS(keras.optimizers.Optimizer):
         exclude_from_layer_adaptation=(
             None if self._explicit_adaptation is None
             else list(self.exclude_from_layer_adaptation_patterns)),
-        eeta=self.eeta, nesterov=self.nesterov)
+        eeta=self.eeta, nesterov=self.nesterov,
+        learning_rate_multipliers=dict(self.learning_rate_multipliers))
     return config
 
 
@@ -133,6 +156,23 @@ def _patterns(name, value):
   return tuple(value)
 
 
+def _multipliers(name, value):
+  """{pattern: factor} from a dict or (pattern, factor) pairs, checked."""
+  if value is None:
+    return {}
+  if isinstance(value, dict):
+    pairs = list(value.items())
+  elif isinstance(value, (list, tuple)) and all(
+      isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+    pairs = [tuple(p) for p in value]
+  else:
+    raise checks.ConfigError(f"{name}={value!r} is invalid: expected a dict "
+                             "{regular expression: factor}.")
+  _patterns(name, [p for p, _ in pairs])
+  return {p: float(checks.number(f"{name}[{p!r}]", f, minimum=0))
+          for p, f in pairs}
+
+
 def _path(variable):
   # A plain tf.Variable has a name but no Keras path.
   return getattr(variable, "path", None) or variable.name
@@ -142,15 +182,32 @@ def _matches(patterns, path):
   return any(re.search(p, path) for p in patterns)
 
 
+def check_lr_multipliers(optimizer, lr_multipliers):
+  """Raises ConfigError unless `lr_multipliers` is None/empty or a valid
+  {pattern: factor} for LARS (the only optimizer with per-variable rates)."""
+  if not lr_multipliers:
+    return
+  if optimizer != "lars":
+    raise checks.ConfigError(
+        f"TrainConfig.lr_multipliers={lr_multipliers!r} is invalid with "
+        f"optimizer={optimizer!r}: only 'lars' has per-variable rates; "
+        "expected None.")
+  _multipliers("TrainConfig.lr_multipliers", lr_multipliers)
+
+
 def make_optimizer(name, schedule, *, momentum=0.9, weight_decay=0.0,
-                   exclude_from_weight_decay=(), eeta=0.001):
+                   exclude_from_weight_decay=(), eeta=0.001,
+                   lr_multipliers=None):
   """The optimizer `name` ("sgd", "lars" or "adamw") on `schedule`.
 
   SGD leaves the decay to the task (L2 in the loss, the paper's recipe), so
   `weight_decay` must be 0 with it; LARS adds it to the gradient; AdamW
   decays decoupled, as its paper. Variables whose path matches one of
   `exclude_from_weight_decay` are not decayed (nor adapted, for LARS).
+  `lr_multipliers` ({pattern: factor}, LARS only) scale some variables'
+  rates.
   """
+  check_lr_multipliers(name, lr_multipliers)
   if name == "sgd":
     if weight_decay:
       raise checks.ConfigError(
@@ -161,7 +218,7 @@ def make_optimizer(name, schedule, *, momentum=0.9, weight_decay=0.0,
   if name == "lars":
     return LARS(schedule, momentum=momentum, weight_decay=weight_decay,
                 exclude_from_weight_decay=list(exclude_from_weight_decay),
-                eeta=eeta)
+                eeta=eeta, learning_rate_multipliers=lr_multipliers)
   if name == "adamw":
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
     if exclude_from_weight_decay:

@@ -63,6 +63,12 @@ class TrainConfig:
   and there is training to do; True requires the labels; False turns it
   off.
 
+  `optimizer` ("sgd", "lars", "adamw"), `schedule`, `lr_scaling`,
+  `weight_decay`, `exclude_from_weight_decay` and `final_lr_factor` are the
+  methods' settings (docs/methods.md); `lr_multipliers` ({pattern: factor},
+  LARS only) scales the rate of variables whose path matches (Barlow Twins'
+  rate for biases and batch-norm parameters).
+
   `bn_recalibration_batches`, if not 0, sets every batch norm's moving
   statistics to their mean over that many training batches once training
   ends, the weights untouched (`Trainer.recalibrate_batch_norm`): with
@@ -96,6 +102,7 @@ class TrainConfig:
   weight_decay: float = 0.0
   exclude_from_weight_decay: tuple = ("bias", "gamma", "beta")
   final_lr_factor: float = 0.0
+  lr_multipliers: dict = None
   bn_recalibration_batches: int = 0
   online_probe: bool = None
   probe_endpoints: tuple = probe_lib.DEFAULT_ENDPOINTS
@@ -165,6 +172,9 @@ class TrainConfig:
         checks.string))
     checks.number(name("final_lr_factor"), self.final_lr_factor, minimum=0,
                   maximum=1)
+    # {pattern: factor}: checked here, so a bad setting fails before the
+    # data and the model are built.
+    optimizers.check_lr_multipliers(self.optimizer, self.lr_multipliers)
 
 
 SCHEDULES = ("step", "cosine")
@@ -254,7 +264,8 @@ class Trainer:
       self.optimizer = optimizers.make_optimizer(
           cfg.optimizer, self.schedule, momentum=cfg.momentum,
           weight_decay=cfg.weight_decay,
-          exclude_from_weight_decay=cfg.exclude_from_weight_decay)
+          exclude_from_weight_decay=cfg.exclude_from_weight_decay,
+          lr_multipliers=cfg.lr_multipliers)
       # Built in the scope before the first step, so that its slots are
       # mirrored like the variables they follow.
       self.optimizer.build(task.trainable_variables)
