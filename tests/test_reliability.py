@@ -242,3 +242,21 @@ def test_changed_image_folder_is_recomputed_not_reused(black_workdir):
     keys = [e["key"] for e in json.load(f)]
   assert {first["key"], added["key"], renamed["key"]} <= set(keys)
   assert len(set(keys)) == len(keys)
+
+
+@pytest.mark.parametrize("text,kind,needle", [
+    ('{"a": 1', dict, "not valid JSON"), ("[1, 2]", dict, "WRONG"),
+    ('[{"a": 1}, 2]', list, "WRONG"), ('{"a": 1}', list, "WRONG")])
+def test_damaged_or_misshapen_records_name_the_file(tmp_path, text, kind,
+                                                    needle):
+  from selfsup.core import files  # pylint: disable=import-outside-toplevel
+  path = str(tmp_path / "record.json")
+  with open(path, "w") as f:
+    f.write(text)
+  with pytest.raises(errors.WorkdirError, match=needle) as err:
+    files.read_record(path, kind, damaged="DAMAGED", wrong="WRONG")
+  assert path in str(err.value)
+  with open(path, "w") as f:
+    f.write('[{"a": 1}]' if kind is list else '{"a": 1}')
+  assert files.read_record(path, kind, damaged="", wrong="") in (
+      [{"a": 1}], {"a": 1})

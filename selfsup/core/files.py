@@ -18,6 +18,30 @@ import stat
 TMP_SUFFIX = ".tmp"
 
 
+def read_record(path: str, kind: type, *, damaged: str, wrong: str):
+  """The JSON value of an existing record file, checked to be a `kind`
+  (dict or list of dicts). A file that does not parse raises WorkdirError
+  "<path> is not valid JSON (...): <damaged>"; one of another shape raises
+  "<path> <wrong>". Remote paths are read through `tf.io.gfile`."""
+  from selfsup.core.errors import WorkdirError  # pylint: disable=g-import-not-at-top
+  try:
+    if "://" in path:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      with tf.io.gfile.GFile(path) as f:
+        value = json.load(f)
+    else:
+      with open(path, encoding="utf-8") as f:
+        value = json.load(f)
+  except (ValueError, UnicodeDecodeError) as err:
+    raise WorkdirError(f"{path} is not valid JSON ({err}): {damaged}") \
+        from err
+  shaped = isinstance(value, kind) and (
+      kind is not list or all(isinstance(e, dict) for e in value))
+  if not shaped:
+    raise WorkdirError(f"{path} {wrong}")
+  return value
+
+
 def atomic_write(path: str, data, mode: str = "w") -> None:
   """Writes `data` (str, or bytes with mode="wb") to `path` atomically."""
   tmp = f"{path}.{_owner_tag()}{TMP_SUFFIX}"

@@ -529,17 +529,10 @@ def _read_results(workdir):
   path = os.path.join(workdir, RESULTS)
   if not tf.io.gfile.exists(path):
     return []
-  try:
-    with tf.io.gfile.GFile(path) as f:
-      entries = json.load(f)
-  except (ValueError, UnicodeDecodeError) as err:
-    raise WorkdirError(f"{path} is not valid JSON ({err}): move it away or "
-                       "repair it; its entries would be lost.") from err
-  if not isinstance(entries, list) or not all(isinstance(e, dict)
-                                              for e in entries):
-    raise WorkdirError(f"{path} is not a list of result entries: move it "
-                       "away or repair it.")
-  return entries
+  return files.read_record(
+      path, list, damaged="move it away or repair it; its entries would be "
+      "lost.", wrong="is not a list of result entries: move it away or "
+      "repair it.")
 
 
 def _record(workdir, results):

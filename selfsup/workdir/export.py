@@ -307,15 +307,9 @@ def load_info(export_dir):
     raise FileNotFoundError(
         f"No complete exported backbone in {export_dir}: {INFO} is missing. "
         "Run bin/pretrain to the end (it exports when training finishes).")
-  try:
-    with tf.io.gfile.GFile(path) as f:
-      info = json.load(f)
-  except (ValueError, UnicodeDecodeError) as err:
-    raise WorkdirError(f"{path} is not valid JSON ({err}): the export is "
-                       "damaged; run bin/pretrain again.") from err
-  if not isinstance(info, dict):
-    raise WorkdirError(f"{path} is not an export record (a JSON object).")
-  return info
+  return files.read_record(
+      path, dict, damaged="the export is damaged; run bin/pretrain again.",
+      wrong="is not an export record (a JSON object).")
 
 
 def load_backbone(export_dir):
