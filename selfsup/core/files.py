@@ -15,6 +15,8 @@ import json
 import os
 import stat
 
+from selfsup.core.errors import WorkdirError
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -23,7 +25,6 @@ def read_record(path: str, kind: type, *, damaged: str, wrong: str):
   (dict or list of dicts). A file that does not parse raises WorkdirError
   "<path> is not valid JSON (...): <damaged>"; one of another shape raises
   "<path> <wrong>". Remote paths are read through `tf.io.gfile`."""
-  from selfsup.core.errors import WorkdirError  # pylint: disable=g-import-not-at-top
   try:
     if "://" in path:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
